@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= config/example.yaml
+
+.PHONY: install run test bench lint clean redis-server bench-tools
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall whenever pyproject.toml changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The tests start their own redis-server on a free port; bring the binary when it is missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing Debian's redis-server package"; \
+	  (apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)); }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is still missing" >&2; exit 1; }
+
+run: install
+	$(BIN)/python -m gateway demo --config $(CONFIG)
+
+test: install redis-server
+	$(BIN)/python -m pytest -q
+
+bench-tools:
+	@for b in wrk nginx haproxy; do command -v $$b >/dev/null 2>&1 || NEED=1; done; \
+	if [ -n "$$NEED" ]; then apt-get install -y -q wrk nginx-light haproxy >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q wrk nginx-light haproxy >/dev/null); fi
+
+bench: install bench-tools
+	$(BIN)/python benchmarks/proxy_bench.py
+
+lint: install
+	$(BIN)/ruff check gateway tests benchmarks
+
+clean:
+	rm -rf $(VENV) .tollbooth .pytest_cache .hypothesis
