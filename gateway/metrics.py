@@ -1,0 +1,51 @@
+"""Every Prometheus instrument Tollbooth exposes, in one place (served on the admin listener)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Buckets sized for a gateway: most answers take well under 10 ms; upstreams may take seconds.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter(
+    "tollbooth_requests_total",
+    "Requests answered by the proxy, by route, decision and status.",
+    ["route", "decision", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "tollbooth_request_duration_seconds",
+    "Total time from request received to response finished, by route.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+UPSTREAM_SECONDS = Histogram(
+    "tollbooth_upstream_duration_seconds",
+    "Time from sending upstream to the upstream's response headers, by upstream.",
+    ["upstream"],
+    buckets=_LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge("tollbooth_requests_in_flight", "Requests the proxy is handling now.")
+TOKEN_VERIFICATIONS = Counter(
+    "tollbooth_token_verifications_total",
+    "Bearer tokens checked at the proxy, by outcome (cached, verified, rejected).",
+    ["outcome"],
+)
+JWKS_FETCHES = Counter(
+    "tollbooth_jwks_fetches_total",
+    "JWKS fetches from trusted issuers, by issuer and outcome (ok, error).",
+    ["issuer", "outcome"],
+)
+CONFIG_RELOADS = Counter(
+    "tollbooth_config_reloads_total",
+    "Config reload attempts, by outcome (applied, rejected).",
+    ["outcome"],
+)
+CONFIG_LAST_RELOAD = Gauge(
+    "tollbooth_config_last_reload_timestamp_seconds", "When the config in force was applied (Unix time)."
+)
+AUDIT_EVENTS = Counter(
+    "tollbooth_audit_events_total",
+    "Audit events by sink and outcome (written, spooled, replayed, failed).",
+    ["sink", "outcome"],
+)
+AUDIT_QUEUE_DEPTH = Gauge("tollbooth_audit_queue_depth", "Audit events waiting to be written.")
