@@ -1,0 +1,38 @@
+"""The admin listener: Prometheus metrics, liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+# A readiness check returns None when fine, else a short sentence saying what is wrong.
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+
+def admin_app(checks: dict[str, ReadinessCheck]) -> Starlette:
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        names = list(checks)
+        results = await asyncio.gather(*(checks[name]() for name in names))
+        problems = {name: result for name, result in zip(names, results, strict=True) if result is not None}
+        body = {"status": "degraded" if problems else "ready", "checks": {n: problems.get(n, "ok") for n in names}}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        ]
+    )

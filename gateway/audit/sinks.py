@@ -1,0 +1,121 @@
+"""Where audit events go: a sink takes events without blocking and writes them off the request path.
+
+The JSON-lines file sink is the embedded default (no Redis configured). A sink that cannot accept an
+event says so (`emit` returns False) so the caller can refuse to serve unaudited; it never drops silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import orjson
+
+from gateway.audit.events import AuditEvent
+from gateway.metrics import AUDIT_EVENTS, AUDIT_QUEUE_DEPTH
+
+log = logging.getLogger("tollbooth.audit")
+
+
+class AuditSink(Protocol):
+    name: str
+
+    def emit(self, event: AuditEvent) -> bool:
+        """Queue an event without blocking; False when it cannot be accepted (the caller decides what to do)."""
+        ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None:
+        """Stop accepting and write everything still queued."""
+        ...
+
+
+class FileSink:
+    """Appends events as JSON lines, in batches, from a background task; the write itself runs in a thread."""
+
+    name = "file"
+
+    def __init__(self, path: str | Path, *, queue_size: int = 100_000, batch_size: int = 1024) -> None:
+        self.path = Path(path)
+        self._queue: collections.deque[AuditEvent] = collections.deque()
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failing = False
+        self._fd: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return not self._failing and len(self._queue) < self._queue_size
+
+    def emit(self, event: AuditEvent) -> bool:
+        if self._closing or len(self._queue) >= self._queue_size:
+            AUDIT_EVENTS.labels(self.name, "failed").inc()
+            log.error("audit queue full: event %s for request %s not accepted", event.event, event.request_id)
+            return False
+        self._queue.append(event)
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return True
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._task = asyncio.create_task(self._run(), name="audit-file-sink")
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
+                data = b"".join(orjson.dumps(e.to_fields()) + b"\n" for e in batch)
+                try:
+                    await asyncio.to_thread(self._write, data)
+                except OSError as exc:
+                    # Keep the batch queued and retry: an event is never dropped because a disk hiccuped.
+                    if not self._failing:
+                        log.error("audit file %s not writable, retrying: %s", self.path, exc)
+                    self._failing = True
+                    if self._closing:
+                        AUDIT_EVENTS.labels(self.name, "failed").inc(len(self._queue))
+                        log.error("audit: %d events could not be written at shutdown", len(self._queue))
+                        return
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.05
+                self._failing = False
+                for _ in batch:
+                    self._queue.popleft()
+                AUDIT_EVENTS.labels(self.name, "written").inc(len(batch))
+                AUDIT_QUEUE_DEPTH.set(len(self._queue))
+            if self._closing:
+                return
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]

@@ -1,0 +1,424 @@
+"""The proxy's ASGI entry: runs identify → authorize → stamp → forward → audit for each request.
+
+It only wires the steps; each step's rules live in its own module. Everything a request needs from
+the config comes from one `Snapshot`, read once at the start, so a hot reload never mixes two configs
+within one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from gateway.audit.events import AuditEvent
+from gateway.audit.sinks import AuditSink
+from gateway.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS, UPSTREAM_SECONDS
+from gateway.principal import Principal
+from gateway.proxy.authorize import PathRejected, authorize, normalize_path
+from gateway.proxy.errors import error_response, metadata_resource_for, protected_resource_metadata
+from gateway.proxy.forward import BodyTooLarge, UpstreamError, UpstreamResponse
+from gateway.proxy.identify import TokenRejected, extract_bearer
+from gateway.proxy.stamp import downstream_response_headers, request_id_from, upstream_request_headers
+from gateway.snapshot import Snapshot
+from gateway.tracing import TraceContext, continue_or_start
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("tollbooth.proxy")
+
+_WELL_KNOWN = "/.well-known/oauth-protected-resource"
+_WELL_KNOWN_BYTES = _WELL_KNOWN.encode()
+
+
+class Crossing:
+    """What one request accumulates on its way through, for the response and the audit event."""
+
+    __slots__ = ("event", "trace", "request_id", "started", "status")
+
+    def __init__(self, event: AuditEvent, trace: TraceContext, request_id: str, started: float) -> None:
+        self.event = event
+        self.trace = trace
+        self.request_id = request_id
+        self.started = started
+        self.status = 0
+
+
+class ProxyApp:
+    """The enforcing proxy as a plain ASGI callable."""
+
+    def __init__(self, live: Callable[[], Snapshot], audit: AuditSink) -> None:
+        self._live = live
+        self._audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                # WebSocket upgrades are not proxied: refuse before accepting.
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        IN_FLIGHT.inc()
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            IN_FLIGHT.dec()
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        snap = self._live()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        traceparent = tracestate = incoming_request_id = None
+        content_length: bytes | None = None
+        for name, value in headers:
+            if name == b"traceparent":
+                traceparent = value
+            elif name == b"tracestate":
+                tracestate = value
+            elif name == b"x-request-id":
+                incoming_request_id = value
+            elif name == b"content-length":
+                content_length = value
+        trace = continue_or_start(traceparent, tracestate)
+        request_id = request_id_from(incoming_request_id)
+        client = scope.get("client")
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        event = AuditEvent(
+            event="access",
+            ts=time.time(),
+            request_id=request_id,
+            trace_id=trace.trace_id,
+            client_ip=client[0] if client else "",
+            method=method,
+            path=raw_path.decode("latin-1"),
+        )
+        crossing = Crossing(event, trace, request_id, started)
+        snap.enter()
+        try:
+            await self._cross(snap, scope, receive, send, crossing, raw_path, content_length)
+        finally:
+            snap.exit()
+            self._finish(crossing)
+
+    async def _cross(
+        self,
+        snap: Snapshot,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        crossing: Crossing,
+        raw_path: bytes,
+        content_length: bytes | None,
+    ) -> None:
+        event = crossing.event
+        method = event.method
+        if raw_path.startswith(_WELL_KNOWN_BYTES) and method in ("GET", "HEAD"):
+            await self._metadata(snap, raw_path, send, crossing)
+            return
+        # identify
+        try:
+            path = normalize_path(raw_path)
+        except PathRejected as exc:
+            await self._deny(send, crossing, 400, "invalid_request", exc.reason, reason="path_rejected")
+            return
+        principal: Principal | None = None
+        try:
+            token = extract_bearer(scope["headers"], scope.get("query_string", b""))
+            if token is not None:
+                principal = await snap.verifier.verify(token)
+        except TokenRejected as exc:
+            await self._deny(
+                send, crossing, exc.status, exc.error, exc.description, reason=exc.reason, challenge=exc.error, snap=snap
+            )
+            return
+        if principal is not None:
+            _record_principal(event, principal)
+        # authorize
+        decision = authorize(snap.routes, method, path, principal)
+        route = decision.route
+        if route is not None:
+            event.route = route.name
+            event.upstream = route.upstream
+            event.required_scopes = " ".join(route.scopes)
+        if not decision.allow:
+            await self._deny(
+                send,
+                crossing,
+                decision.status,
+                decision.reason,
+                decision.description,
+                reason=decision.reason,
+                challenge=_CHALLENGES.get(decision.reason),
+                scope=decision.required_scopes,
+                snap=snap,
+            )
+            return
+        assert route is not None
+        if not self._audit.healthy and snap.config.audit.on_failure == "deny":
+            await self._deny(send, crossing, 503, "audit_unavailable", "the audit trail cannot record this request",
+                             reason="audit_unavailable")
+            return
+        # Content-Length over the limit is refused before any byte goes upstream.
+        limit = snap.config.proxy.max_body_bytes
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                await self._deny(send, crossing, 400, "invalid_request", "malformed Content-Length", reason="bad_request")
+                return
+            if declared > limit:
+                await self._deny(send, crossing, 413, "request_too_large",
+                                 f"the request body exceeds {limit} bytes", reason="body_too_large")
+                return
+        # stamp
+        upstream = snap.upstreams[route.upstream]
+        client = scope.get("client")
+        up_headers = upstream_request_headers(
+            scope["headers"],
+            principal=principal,
+            route_name=route.name,
+            injected=upstream.injected,
+            trace=crossing.trace,
+            request_id=crossing.request_id,
+            client_ip=client[0] if client else "",
+            scheme=scope.get("scheme", "http"),
+            upstream_host=upstream.host,
+            trust_forwarded=snap.config.proxy.trust_forwarded_for,
+        )
+        query: bytes = scope.get("query_string", b"")
+        target = upstream.base_path + raw_path + (b"?" + query if query else b"")
+        event.decision = "allow"
+        event.reason = decision.reason
+        # forward
+        await self._forward(snap, route.upstream, method, target, up_headers, receive, send, crossing, limit,
+                            has_body=content_length is not None or _has_chunked_body(scope["headers"]))
+
+    async def _forward(
+        self,
+        snap: Snapshot,
+        upstream_name: str,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        receive: Receive,
+        send: Send,
+        crossing: Crossing,
+        limit: int,
+        *,
+        has_body: bool,
+    ) -> None:
+        event = crossing.event
+        body_state = _BodyState(has_body)
+        body = _request_body(receive, limit, body_state) if has_body else None
+        upstream_started = time.perf_counter()
+        # A client that goes away cancels the upstream call: the watcher cancels this task on http.disconnect.
+        this_task = asyncio.current_task()
+        assert this_task is not None
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, body_state, this_task))
+        try:
+            await self._exchange(snap, upstream_name, method, target, headers, body, send, crossing, upstream_started)
+        except (asyncio.CancelledError, ClientDisconnected) as exc:
+            if not body_state.client_gone:
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                this_task.uncancel()
+            # 499: nginx's convention for "client closed the request", so dashboards read it the same way.
+            crossing.status = crossing.status or 499
+            event.reason = "client_disconnected"
+        except BodyTooLarge:
+            await self._deny(send, crossing, 413, "request_too_large", f"the request body exceeds {limit} bytes",
+                             reason="body_too_large", started=crossing.status != 0)
+        except UpstreamError as exc:
+            event.upstream_ms = (time.perf_counter() - upstream_started) * 1000
+            await self._deny(send, crossing, exc.status, exc.reason, _UPSTREAM_TEXT[exc.status],
+                             reason=exc.reason, started=crossing.status != 0, decision="allow")
+        finally:
+            watcher.cancel()
+            event.bytes_in = body_state.total
+
+    async def _exchange(
+        self,
+        snap: Snapshot,
+        upstream_name: str,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes] | None,
+        send: Send,
+        crossing: Crossing,
+        upstream_started: float,
+    ) -> None:
+        response: UpstreamResponse = await snap.forwarder.send(upstream_name, method, target, headers, body)
+        try:
+            upstream_seconds = time.perf_counter() - upstream_started
+            crossing.event.upstream_ms = upstream_seconds * 1000
+            UPSTREAM_SECONDS.labels(upstream_name).observe(upstream_seconds)
+            out_headers = downstream_response_headers(
+                response.headers, trace=crossing.trace, request_id=crossing.request_id
+            )
+            crossing.status = response.status
+            await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+            sent = 0
+            async for chunk in response.iter_body():
+                if chunk:
+                    sent += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            crossing.event.bytes_out = sent
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+    async def _metadata(self, snap: Snapshot, raw_path: bytes, send: Send, crossing: Crossing) -> None:
+        """RFC 9728 protected resource metadata, root and path-inserted forms (§3.1)."""
+        resource = metadata_resource_for(snap.config.proxy.public_url, raw_path.decode("latin-1"))
+        crossing.event.route = "oauth-protected-resource"
+        if resource is None:
+            await self._deny(send, crossing, 404, "not_found", "no protected resource metadata at this path",
+                             reason="not_found")
+            return
+        document = protected_resource_metadata(
+            resource=resource,
+            authorization_servers=[snap.config.issuer.url],
+            scopes_supported=snap.routes.scopes_supported(),
+        )
+        body = orjson.dumps(document)
+        crossing.status = 200
+        crossing.event.decision = "allow"
+        crossing.event.reason = "public"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"public, max-age=300"),
+                    (b"x-request-id", crossing.request_id.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _deny(
+        self,
+        send: Send,
+        crossing: Crossing,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        reason: str,
+        challenge: str | None = None,
+        scope: tuple[str, ...] = (),
+        snap: Snapshot | None = None,
+        started: bool = False,
+        decision: str = "deny",
+    ) -> None:
+        crossing.event.decision = decision
+        crossing.event.reason = reason
+        if started:
+            # The upstream's status line already went out: all we can do is end the stream (the server closes it).
+            return
+        crossing.status = status
+        resource_metadata = snap.resource_metadata_url if snap is not None and challenge else None
+        code, headers, body = error_response(
+            status=status,
+            error=error,
+            description=description,
+            request_id=crossing.request_id,
+            challenge=challenge,
+            resource_metadata=resource_metadata,
+            scope=scope,
+            extra_headers=((b"traceparent", crossing.trace.traceparent()),),
+        )
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _finish(self, crossing: Crossing) -> None:
+        event = crossing.event
+        elapsed = time.perf_counter() - crossing.started
+        event.status = crossing.status or 500
+        event.duration_ms = elapsed * 1000
+        if not event.decision:
+            event.decision = "deny"
+        route = event.route or "-"
+        REQUESTS.labels(route, event.decision, str(event.status)).inc()
+        REQUEST_SECONDS.labels(route).observe(elapsed)
+        if not self._audit.emit(event):
+            log.error("audit event for request %s could not be queued", crossing.request_id)
+
+
+# RFC 6750 §3.1: no error code when the request carried no token; insufficient_scope lets clients step up.
+_CHALLENGES = {"missing_token": "no_token", "insufficient_scope": "insufficient_scope"}
+_UPSTREAM_TEXT = {502: "the upstream could not be reached or answered badly", 504: "the upstream did not answer in time"}
+
+
+def _record_principal(event: AuditEvent, principal: Principal) -> None:
+    event.agent = principal.agent
+    event.subject = principal.subject
+    event.delegation = ",".join(principal.delegation)
+    event.granted_scopes = " ".join(sorted(principal.scopes))
+    event.jti = principal.jti
+
+
+def _has_chunked_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in headers)
+
+
+class ClientDisconnected(Exception):
+    """The agent hung up before its request body was complete."""
+
+
+class _BodyState:
+    """How far the agent's request body has been read, shared by the body stream and the disconnect watcher."""
+
+    __slots__ = ("total", "read", "client_gone")
+
+    def __init__(self, has_body: bool) -> None:
+        self.total = 0
+        self.read = asyncio.Event()
+        self.client_gone = False
+        if not has_body:
+            self.read.set()
+
+
+async def _request_body(receive: Receive, limit: int, state: _BodyState) -> AsyncIterator[bytes]:
+    """The agent's body, streamed; raises BodyTooLarge past the limit (a chunked body has no length up front)."""
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                state.client_gone = True
+                raise ClientDisconnected("the client went away while sending the body")
+            chunk = message.get("body", b"")
+            if chunk:
+                state.total += len(chunk)
+                if state.total > limit:
+                    raise BodyTooLarge(limit)
+                yield chunk
+            if not message.get("more_body", False):
+                return
+    finally:
+        state.read.set()
+
+
+async def _watch_disconnect(receive: Receive, state: _BodyState, task: asyncio.Task[Any]) -> None:
+    """Cancel `task` when the client disconnects. Listens only once the body stream has read the whole body."""
+    await state.read.wait()
+    if state.client_gone:
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            state.client_gone = True
+            task.cancel()
+            return

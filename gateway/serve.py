@@ -1,0 +1,194 @@
+"""`tollbooth serve`: builds the proxy, issuer and admin apps and runs them on one event loop.
+
+With `--workers N` it starts N copies of itself that share the listening ports through SO_REUSEPORT,
+so the kernel spreads connections over the processes, and it forwards SIGTERM/SIGINT to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from gateway.admin import admin_app
+from gateway.audit.sinks import AuditSink, FileSink
+from gateway.config import LoadedConfig
+from gateway.issuer.app import issuer_app
+from gateway.issuer.keys import KeyStore
+from gateway.proxy.app import ProxyApp
+from gateway.reload import ConfigWatcher
+from gateway.snapshot import Snapshot, build_snapshot, retire_snapshot
+from gateway.state import RevocationList
+
+log = logging.getLogger("tollbooth")
+
+LISTENERS = ("proxy", "issuer", "admin")
+
+
+class QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us: several servers share one loop and stop together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _bind(listen: str, *, reuse_port: bool) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, int(port)))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _uvicorn_config(app: object, *, graceful_seconds: float) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        # Never trust X-Forwarded-* at the socket layer: the stamp step decides (proxy.trust_forwarded_for).
+        proxy_headers=False,
+        timeout_graceful_shutdown=graceful_seconds,
+        timeout_keep_alive=75,
+    )
+
+
+@dataclass
+class Gateway:
+    """The running process: the live snapshot and what must be closed at the end."""
+
+    loaded: LoadedConfig
+    keys: KeyStore
+    audit: AuditSink
+    revocations: RevocationList = field(default_factory=RevocationList)
+    snapshot: Snapshot | None = None
+
+    def current(self) -> Snapshot:
+        assert self.snapshot is not None
+        return self.snapshot
+
+    def apply(self, loaded: LoadedConfig) -> None:
+        previous = self.snapshot
+        self.snapshot = build_snapshot(
+            loaded.config, keys=self.keys.verification_keys, revocations=self.revocations, previous=previous
+        )
+        self.loaded = loaded
+        if previous is not None:
+            retire_snapshot(previous, self.snapshot)
+
+    async def readiness(self) -> dict[str, object]:
+        async def keys() -> str | None:
+            return None if self.keys.verification_keys() else "no signing keys loaded"
+
+        async def config() -> str | None:
+            return None if self.snapshot is not None else "no valid config loaded"
+
+        async def audit() -> str | None:
+            return None if self.audit.healthy else "audit sink cannot take events"
+
+        return {"keys": keys, "config": config, "audit": audit}
+
+    async def aclose(self) -> None:
+        await self.audit.aclose()
+        if self.snapshot is not None:
+            await self.snapshot.forwarder.aclose()
+            await self.snapshot.verifier.aclose()
+
+
+async def run_gateway(
+    loaded: LoadedConfig,
+    only: Iterable[str] = LISTENERS,
+    *,
+    reuse_port: bool = False,
+    reload_interval: float = 1.0,
+    graceful_seconds: float = 30.0,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and drain the audit queue."""
+    config = loaded.config
+    selected = set(only)
+    keys = await asyncio.to_thread(KeyStore.load, config.issuer.keys_dir, config.issuer.algorithm)
+    audit = FileSink(config.audit.file, queue_size=config.audit.queue_size)
+    if config.redis.url:
+        log.warning("redis.url is set, but this version writes audit events to %s", config.audit.file)
+    await audit.start()
+    gateway = Gateway(loaded=loaded, keys=keys, audit=audit)
+    gateway.apply(loaded)
+    watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
+
+    apps: dict[str, tuple[object, str]] = {
+        "proxy": (ProxyApp(gateway.current, audit), config.proxy.listen),
+        "issuer": (issuer_app(keys), config.issuer.listen),
+        "admin": (admin_app(await gateway.readiness()), config.admin.listen),
+    }
+    servers: list[tuple[QuietServer, socket.socket]] = []
+    for name in LISTENERS:
+        if name in selected:
+            app, listen = apps[name]
+            sock = _bind(listen, reuse_port=reuse_port)
+            servers.append((QuietServer(_uvicorn_config(app, graceful_seconds=graceful_seconds)), sock))
+            log.info("%s listening on %s", name, listen)
+
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: int) -> None:
+        log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
+        for server, _ in servers:
+            if server.should_exit:
+                server.force_exit = True
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    watch_task = asyncio.create_task(watcher.run(), name="config-watcher")
+    serving = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
+    try:
+        if ready is not None:
+            while not all(server.started for server, _ in servers):
+                await asyncio.sleep(0.01)
+            ready.set()
+        await asyncio.gather(*serving)
+    finally:
+        watch_task.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await gateway.aclose()
+        log.info("stopped")
+
+
+def run_workers(argv: list[str], workers: int) -> int:
+    """Start `workers` copies of `tollbooth serve` sharing the ports (SO_REUSEPORT) and wait for them."""
+    env = dict(os.environ, TOLLBOOTH_REUSE_PORT="1")
+    children = [
+        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env)  # noqa: S603
+        for _ in range(workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
