@@ -173,7 +173,8 @@ class TrustedIssuerConfig(Model):
 
 _SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+# The methods a route may name; "all" means these. TRACE and CONNECT are never proxied.
+HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class RouteConfig(Model):
@@ -202,9 +203,9 @@ class RouteConfig(Model):
         if not methods:
             raise ValueError("an empty list matches nothing: leave `methods` out to allow all methods")
         upper = [m.upper() for m in methods]
-        unknown = [m for m in upper if m not in _METHODS]
+        unknown = [m for m in upper if m not in HTTP_METHODS]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(sorted(_METHODS))}")
+            raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(HTTP_METHODS)}")
         return upper
 
     @field_validator("scopes")

@@ -89,7 +89,9 @@ class ProxyApp:
         request_id = request_id_from(incoming_request_id)
         client = scope.get("client")
         method: str = scope["method"]
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        # Only the bytes on the wire: a server that gives no raw_path offers an already-decoded path, which
+        # would be decoded twice; an empty path is rejected by normalize_path.
+        raw_path: bytes = scope.get("raw_path") or b""
         event = AuditEvent(
             event="access",
             ts=time.time(),
@@ -122,12 +124,12 @@ class ProxyApp:
         if raw_path.startswith(_WELL_KNOWN_BYTES) and method in ("GET", "HEAD"):
             await self._metadata(snap, raw_path, send, crossing)
             return
-        # identify
         try:
             path = normalize_path(raw_path)
         except PathRejected as exc:
             await self._deny(send, crossing, 400, "invalid_request", exc.reason, reason="path_rejected")
             return
+        # identify
         principal: Principal | None = None
         try:
             token = extract_bearer(scope["headers"], scope.get("query_string", b""))
