@@ -78,9 +78,11 @@ class ProxyApp:
         content_length: bytes | None = None
         for name, value in headers:
             if name == b"traceparent":
-                traceparent = value
+                # Trace Context §3.2: two traceparent headers are invalid (b"" never parses: a new trace starts).
+                traceparent = b"" if traceparent is not None else value
             elif name == b"tracestate":
-                tracestate = value
+                # Trace Context §3.3: several tracestate headers are one list, joined in order.
+                tracestate = value if tracestate is None else tracestate + b"," + value
             elif name == b"x-request-id":
                 incoming_request_id = value
             elif name == b"content-length":

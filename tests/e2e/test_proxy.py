@@ -7,7 +7,7 @@ import socket
 
 import httpx2
 import pytest
-from conftest import Gateway, Upstream, free_port, start_gateway, wait_until
+from support import Gateway, Upstream, free_port, start_gateway, wait_until
 
 
 def raw_request(url: str, request: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:

@@ -1,0 +1,243 @@
+"""Header policy for both directions: strip what must not cross the gateway, add what the gateway vouches for.
+
+Headers are ASGI-style lists of (name, value) byte pairs, the form the server hands us and the upstream client
+takes, so nothing is decoded on the way. Names are compared lower-cased (RFC 9110 §5.1: case-insensitive) and
+passed on as they came. Everything here runs on every request: set lookups and C-level bytes methods only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from functools import lru_cache
+
+from gateway.principal import Principal
+from gateway.tracing import TraceContext
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1: Connection itself, the fields it lists as "known to require removal", and Trailer
+# (RFC 9110 §6.6.2), which describes this hop's framing only.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"proxy-connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+
+# Spoofing: only the gateway speaks for the caller's identity upstream (DESIGN.md, "What the proxy stamps").
+_TOLLBOOTH_PREFIX = b"x-tollbooth-"
+
+# Incoming request headers never copied upstream. Those the gateway writes itself (trace, request id) are in
+# here too, so the ones it adds are the only ones the upstream sees.
+_REQUEST_DROP = HOP_BY_HOP | {
+    # The agent's token is never forwarded (the MCP authorization spec forbids token passthrough: a token
+    # for the gateway's audience must not reach another service); the upstream gets its own, from config.
+    b"authorization",
+    b"proxy-authorization",
+    # Would let an allowed GET become a DELETE upstream, behind the authorizer's back.
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+    b"traceparent",
+    b"tracestate",
+    b"x-request-id",
+    # The gateway does not relay 100-continue (RFC 9110 §10.1.1): the upstream must not wait for it.
+    b"expect",
+}
+# Headers describing the client's view of the connection: read, then rewritten by the gateway (with Host).
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+_REQUEST_OWNED = _REQUEST_DROP | _FORWARDED | {b"host"}
+
+# Dropped from upstream responses besides hop-by-hop: the gateway sets its own (DESIGN.md: echoed to the agent).
+_RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id", b"traceparent"}
+
+# Request ids we keep: 1-128 of [A-Za-z0-9._:-]. Enough for UUIDs, ULIDs and "svc:123" styles, and free of
+# anything that could split a header, a log line or an audit field.
+_REQUEST_ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+_REQUEST_ID_MAX = 128
+
+# RFC 9110 §7.2 Host = uri-host [ ":" port ], restricted to what DNS names, IPv4 and bracketed IPv6 literals use:
+# no comma, so X-Forwarded-Host stays a one-element list.
+_HOST_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_:[]"
+_HOST_MAX = 255
+
+# identity_header_value: visible ASCII (RFC 9110 §5.5 VCHAR) passes, except '%' (the escape itself), ',' (list
+# separator, RFC 9110 §5.6.1) and '"' '\' (quoted-string delimiters, RFC 9110 §5.6.4, which list parsers honour).
+_IDENTITY_UNSAFE = b'%,"\\'
+_IDENTITY_SAFE = bytes(b for b in range(0x21, 0x7F) if b not in _IDENTITY_UNSAFE)
+_PERCENT_ENCODED = tuple(bytes([b]) if b in _IDENTITY_SAFE else b"%%%02X" % b for b in range(256))
+
+
+def identity_header_value(value: str) -> bytes:
+    """Encode an identity (agent, subject, actor, scope, jti, route) as a header value that means one thing.
+
+    The UTF-8 bytes of `value` are percent-encoded RFC 3986 style (§2.1, uppercase hex) except visible ASCII,
+    which passes as is. Also encoded, though visible: '%' so decoding is unambiguous, ',' so a subject cannot
+    add an actor to X-Tollbooth-Delegation, and '"' and '\\' so quoted-string-aware list parsers split where we
+    did. Space, CR, LF and other controls are encoded, so an IdP-chosen `sub` can never end the field or
+    inject a header. Upstreams decode with any percent-decoder (`urllib.parse.unquote`).
+    """
+    # surrogatepass: a JSON "\ud800" escape in a token decodes to a lone surrogate; encode it rather than fail.
+    raw = value.encode("utf-8", "surrogatepass")
+    if not raw.translate(None, _IDENTITY_SAFE):  # common case: nothing to escape
+        return raw
+    return b"".join([_PERCENT_ENCODED[b] for b in raw])
+
+
+def _new_request_id() -> str:
+    # A version-4 UUID (RFC 9562 §5.4) built straight from os.urandom, as uuid.uuid4().hex, at a third of the cost.
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
+def request_id_from(value: bytes | None) -> str:
+    """Keep a well-formed incoming X-Request-Id (1-128 chars of [A-Za-z0-9._:-]), else make a uuid4 hex.
+
+    The caller's id is kept so its logs and ours correlate; anything else (empty, too long, spaces, CR/LF,
+    non-ASCII, quotes) is replaced rather than cleaned, since a partial id would correlate with nothing.
+    """
+    if value and len(value) <= _REQUEST_ID_MAX and not value.translate(None, _REQUEST_ID_CHARS):
+        return value.decode("ascii")
+    return _new_request_id()
+
+
+def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Names listed in any Connection header: RFC 9110 §7.6.1 says they are removed with it before forwarding.
+
+    Connection = #connection-option: comma-separated tokens, case-insensitive, optional whitespace around.
+    """
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            for option in value.split(b","):
+                option = option.strip(b" \t").lower()
+                if option:
+                    named.add(option)
+    return frozenset(named)
+
+
+def _well_formed_host(value: bytes) -> bool:
+    return 0 < len(value) <= _HOST_MAX and not value.translate(None, _HOST_CHARS)
+
+
+# A token is used for many requests and a route name for millions: encode each once. Bounded, so a stream of
+# fresh tokens only recycles entries; keyed on the frozen Principal, whose equality ignores `claims`.
+@lru_cache(maxsize=4096)
+def _identity_headers(principal: Principal) -> tuple[tuple[bytes, bytes], ...]:
+    headers = [
+        (b"x-tollbooth-agent", identity_header_value(principal.agent)),
+        (b"x-tollbooth-subject", identity_header_value(principal.subject)),
+    ]
+    # Absent rather than empty when there is nothing to list: incoming X-Tollbooth-* never pass, so absence
+    # is as authoritative as an empty value, and some frameworks drop empty headers anyway.
+    if principal.delegation:
+        headers.append((b"x-tollbooth-delegation", b",".join([identity_header_value(a) for a in principal.delegation])))
+    if principal.scopes:
+        headers.append((b"x-tollbooth-scopes", b" ".join(sorted([identity_header_value(s) for s in principal.scopes]))))
+    headers.append((b"x-tollbooth-token-id", identity_header_value(principal.jti)))
+    return tuple(headers)
+
+
+@lru_cache(maxsize=1024)
+def _route_header(route_name: str) -> tuple[bytes, bytes]:
+    return b"x-tollbooth-route", identity_header_value(route_name)
+
+
+def upstream_request_headers(
+    incoming: list[tuple[bytes, bytes]],
+    *,
+    principal: Principal | None,
+    route_name: str,
+    injected: list[tuple[bytes, bytes]],
+    trace: TraceContext,
+    request_id: str,
+    client_ip: str,
+    scheme: str,
+    upstream_host: bytes,
+    trust_forwarded: bool = False,
+) -> list[tuple[bytes, bytes]]:
+    """The request headers sent upstream: the agent's, minus what must not pass, plus the gateway's own.
+
+    Removed: Authorization and Proxy-Authorization (the agent's token never leaves the gateway), hop-by-hop
+    headers and those named in Connection (RFC 9110 §7.6.1), Host, every X-Tollbooth-*, method-override
+    headers, Expect, the caller's traceparent/tracestate/X-Request-Id, and any header an injected credential
+    replaces. Cookies pass: the upstream may rely on them, and they are the caller's, not ours.
+
+    Added after the stripping, from the gateway's own values, so naming them in Connection has no effect:
+    Host (`upstream_host`), the injected credentials, identity (only with a principal: a public route without
+    a token gets X-Tollbooth-Route alone), traceparent, tracestate, X-Request-Id and the forwarding headers.
+
+    Forwarding: without `trust_forwarded` the caller's X-Forwarded-*/Forwarded are dropped and ours describe
+    the hop we saw: X-Forwarded-For = `client_ip`, X-Forwarded-Proto = `scheme`, X-Forwarded-Host = the Host
+    the caller sent (when there is exactly one and it is well-formed). With it, the caller is a trusted proxy:
+    our hop is appended to its X-Forwarded-For, and its X-Forwarded-Proto/-Host/Forwarded are kept (ours fill
+    in only when it sent none).
+
+    Names are matched case-insensitively (RFC 9110 §5.1); kept headers go out as they came.
+    """
+    named = connection_named(incoming)
+    replaced = {name.lower() for name, _ in injected}
+    kept: Headers = [(b"host", upstream_host)]
+    hosts: list[bytes] = []
+    forwarded: Headers = []
+    for header in incoming:
+        # ASGI servers lower-case names, but a name in another case must not slip past the policy.
+        name = header[0].lower()
+        if name in _REQUEST_OWNED:
+            if name == b"host":
+                hosts.append(header[1])
+            elif name in _FORWARDED:
+                forwarded.append((name, header[1]))
+        elif not (name in named or name in replaced or name.startswith(_TOLLBOOTH_PREFIX)):
+            kept.append(header)
+
+    kept += injected
+    if principal is not None:
+        kept += _identity_headers(principal)
+    kept.append(_route_header(route_name))
+    kept.append((b"traceparent", trace.traceparent()))
+    if trace.tracestate is not None:
+        kept.append((b"tracestate", trace.tracestate))
+    kept.append((b"x-request-id", request_id.encode("ascii")))
+    # Exactly one Host (RFC 9112 §3.2), well-formed, or X-Forwarded-Host would relay junk.
+    host = hosts[0] if len(hosts) == 1 and _well_formed_host(hosts[0]) else None
+    ours_for = client_ip.encode("ascii")
+    if trust_forwarded:
+        kept += _trusted_forwarding_headers(forwarded, ours_for=ours_for, scheme=scheme, host=host)
+    else:
+        kept.append((b"x-forwarded-for", ours_for))
+        kept.append((b"x-forwarded-proto", scheme.encode("ascii")))
+        if host is not None:
+            kept.append((b"x-forwarded-host", host))
+    return kept
+
+
+def _trusted_forwarding_headers(forwarded: Headers, *, ours_for: bytes, scheme: str, host: bytes | None) -> Headers:
+    # Several X-Forwarded-For fields are one list (RFC 9110 §5.3); our hop goes last.
+    chain = [value for name, value in forwarded if name == b"x-forwarded-for"]
+    headers = [(b"x-forwarded-for", b", ".join([*chain, ours_for]))]
+    headers += [header for header in forwarded if header[0] != b"x-forwarded-for"]
+    sent = {name for name, _ in headers}
+    if b"x-forwarded-proto" not in sent:
+        headers.append((b"x-forwarded-proto", scheme.encode("ascii")))
+    if b"x-forwarded-host" not in sent and host is not None:
+        headers.append((b"x-forwarded-host", host))
+    return headers
+
+
+def downstream_response_headers(
+    upstream: Iterable[tuple[bytes, bytes]], *, trace: TraceContext, request_id: str
+) -> list[tuple[bytes, bytes]]:
+    """The response headers sent to the agent: the upstream's, minus hop-by-hop, plus our trace and request id.
+
+    Hop-by-hop and Connection-named headers go (RFC 9110 §7.6.1, the same parser as requests); the upstream's
+    X-Request-Id and traceparent are replaced by ours, so the agent can quote the id in our audit log. Order and
+    repetition of everything else are kept: several Set-Cookie fields must stay separate (RFC 6265 §3).
+    """
+    headers = upstream if isinstance(upstream, list) else list(upstream)
+    named = connection_named(headers)
+    # Upstream clients (httpx, aiohttp) keep the upstream's spelling of names: compare lower-cased.
+    kept = [header for header in headers if not ((name := header[0].lower()) in _RESPONSE_DROP or name in named)]
+    kept.append((b"x-request-id", request_id.encode("ascii")))
+    kept.append((b"traceparent", trace.traceparent()))
+    return kept

@@ -1,0 +1,103 @@
+"""W3C Trace Context level 1: continue the caller's trace or start one, one new span per proxied request.
+
+Section names below are those of https://www.w3.org/TR/trace-context-1/ ("traceparent Header Field Values",
+"Versioning of traceparent", "Tracestate Header").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# HEXDIGLC: "traceparent Header Field Values" allows lowercase hex only, so "AB" makes the header invalid.
+_HEXDIGLC = b"0123456789abcdef"
+# The sampled flag is the least significant bit: odd last hex digit ("Sampled flag").
+_SAMPLED_LAST_DIGIT = frozenset(b"13579bdf")
+_DASH = ord("-")
+# version(2) "-" trace-id(32) "-" parent-id(16) "-" trace-flags(2)
+_VERSION_00_LENGTH = 55
+_ZERO_TRACE_ID = b"0" * 32
+_ZERO_PARENT_ID = b"0" * 16
+_ZERO_TRACE_ID_STR = "0" * 32
+_ZERO_SPAN_ID_STR = "0" * 16
+# When Tollbooth starts a trace it has made a definitive recording decision: every request is audited with its
+# trace-id, and "Sampled flag" says such a decision SHOULD be reflected in the flag.
+_FLAGS_STARTED = "01"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """The trace this request belongs to, as sent upstream and echoed to the agent.
+
+    `span_id` is the parent-id Tollbooth sends upstream: a fresh id for the gateway's own span, never the
+    caller's parent-id. `flags` carries only the sampled bit: level 1 "Other Flags" says vendors MUST set the
+    undefined bits to zero. `tracestate` is the caller's, unchanged, and only when its traceparent was valid.
+    """
+
+    trace_id: str
+    span_id: str
+    flags: str
+    tracestate: bytes | None
+
+    def traceparent(self) -> bytes:
+        # Always version 00: "Versioning of traceparent" says to emit the highest version we know.
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags}".encode("ascii")
+
+
+def _new_id(size: int, zero: str) -> str:
+    # An all-zero id is invalid ("trace-id", "parent-id"); 2^-64 at worst, but a guarantee costs one compare.
+    while True:
+        value = os.urandom(size).hex()
+        if value != zero:
+            return value
+
+
+def _is_lower_hex(value: bytes) -> bool:
+    # bytes.translate deletes every lowercase hex digit in C; anything left over is not HEXDIGLC.
+    return not value.translate(None, _HEXDIGLC)
+
+
+def _parse(traceparent: bytes) -> tuple[str, str] | None:
+    """Return (trace_id, flags) of a usable traceparent, None when the trace must be restarted."""
+    # OWS around a field value is not part of it (RFC 9110 §5.5); servers usually strip it already.
+    value = traceparent.strip(b" \t")
+    size = len(value)
+    if size < _VERSION_00_LENGTH or value[2] != _DASH or value[35] != _DASH or value[52] != _DASH:
+        return None
+    version = value[:2]
+    if not _is_lower_hex(version) or version == b"ff":
+        return None
+    if version == b"00":
+        if size != _VERSION_00_LENGTH:  # version 00 has exactly four fields
+            return None
+    elif size > _VERSION_00_LENGTH and value[55] != _DASH:
+        # "Versioning of traceparent": a higher version may append fields, but only after a dash.
+        return None
+    trace_id = value[3:35]
+    parent_id = value[36:52]
+    flags = value[53:55]
+    if not _is_lower_hex(trace_id + parent_id + flags):
+        return None
+    if trace_id == _ZERO_TRACE_ID or parent_id == _ZERO_PARENT_ID:
+        return None
+    return trace_id.decode("ascii"), "01" if flags[1] in _SAMPLED_LAST_DIGIT else "00"
+
+
+def continue_or_start(traceparent: bytes | None, tracestate: bytes | None) -> TraceContext:
+    """Continue a valid incoming trace (same trace-id, new span id), else start a new trace.
+
+    Invalid, hence restarted: wrong length or shape, non-hex or uppercase hex, all-zero trace-id or parent-id,
+    version "ff", version 00 with extra fields, a higher version whose fourth field is not followed by a dash
+    or the end. Higher versions (01-fe) are read as their first four fields ("Versioning of traceparent").
+
+    The sampled bit of a continued trace is kept, so upstream tracers respect the caller's decision; a trace
+    we start is sampled ("01", see `_FLAGS_STARTED`). `tracestate` is passed through unchanged with a valid
+    traceparent and dropped otherwise: "Tracestate Header" says a vendor that failed to parse traceparent
+    MUST NOT parse tracestate. An empty tracestate is dropped too (vendors SHOULD avoid sending one).
+    """
+    parsed = _parse(traceparent) if traceparent else None
+    span_id = _new_id(8, _ZERO_SPAN_ID_STR)
+    if parsed is None:
+        return TraceContext(_new_id(16, _ZERO_TRACE_ID_STR), span_id, _FLAGS_STARTED, None)
+    trace_id, flags = parsed
+    return TraceContext(trace_id, span_id, flags, tracestate or None)

@@ -1,0 +1,249 @@
+"""Shared fixtures: a real upstream HTTP server and a real gateway process, both on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import uvicorn
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers_named(name)
+        return values[0] if values else None
+
+    def headers_named(self, name: str) -> list[str]:
+        key = name.lower().encode()
+        return [v.decode("latin-1") for k, v in self.headers if k == key]
+
+
+@dataclass
+class Upstream:
+    """A recording upstream. Paths: /sse (two events, the second after `release` is set), /slow (waits for
+    `release`), /big (1 MiB), /status/<code>; anything else echoes a small JSON body."""
+
+    url: str
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    disconnects: list[str] = field(default_factory=list)
+
+    def last(self) -> Seen:
+        return self.seen[-1]
+
+
+def _upstream_app(up: Upstream) -> Callable[..., Any]:
+    async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path: str = scope["path"]
+        up.seen.append(Seen(scope["method"], scope.get("raw_path") or path.encode(), scope["query_string"],
+                            list(scope["headers"]), body))
+        if path == "/sse":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+            await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
+            await asyncio.get_running_loop().run_in_executor(None, up.release.wait, 10)
+            await send({"type": "http.response.body", "body": b"data: two\n\n", "more_body": False})
+            return
+        if path == "/slow":
+            released = await asyncio.get_running_loop().run_in_executor(None, up.release.wait, 10)
+            if not released:
+                up.disconnects.append("slow")
+        if path == "/big":
+            payload = b"x" * (1024 * 1024)
+        elif path.startswith("/status/"):
+            payload = b""
+        else:
+            payload = json.dumps({"ok": True, "path": path}).encode()
+        status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"keep-alive, x-upstream-private"), (b"x-upstream-private", b"1"),
+                                (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    port = free_port()
+    up = Upstream(url=f"http://127.0.0.1:{port}", port=port)
+    server = uvicorn.Server(uvicorn.Config(_upstream_app(up), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, what="upstream start")
+    yield up
+    up.release.set()
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@dataclass
+class Gateway:
+    """A `tollbooth serve` process with its own config, keys and audit file in a temp dir."""
+
+    dir: Path
+    config_path: Path
+    routes_path: Path
+    proxy_url: str
+    issuer_url: str
+    admin_url: str
+    process: subprocess.Popen[bytes]
+    config: dict[str, Any]
+
+    def mint(self, scopes: str | list[str] = "crm.read", *, agent: str = "billing-bot", subject: str | None = None,
+             act: dict[str, Any] | None = None, ttl: float = 300, **extra: Any) -> str:
+        from gateway.issuer.keys import KeyStore
+        from gateway.issuer.tokens import mint_access_token
+
+        keys = KeyStore.load(self.dir / "keys", "ES256", generate_if_empty=False)
+        token, _ = mint_access_token(
+            keys.active, issuer=self.issuer_url, audience=self.proxy_url, subject=subject or agent, client_id=agent,
+            scopes=scopes.split() if isinstance(scopes, str) else scopes, ttl=ttl, act=act, extra_claims=extra or None,
+        )
+        return token
+
+    def audit_events(self) -> list[dict[str, str]]:
+        path = self.dir / "audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_audit(self, predicate: Callable[[dict[str, str]], bool], what: str = "audit event") -> dict[str, str]:
+        return wait_until(lambda: next((e for e in self.audit_events() if predicate(e)), None), what=what)
+
+    def write_routes(self, routes: list[dict[str, Any]] | str) -> None:
+        text = routes if isinstance(routes, str) else yaml.safe_dump({"routes": routes})
+        tmp = self.routes_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.routes_path)
+
+    def metrics(self) -> str:
+        return httpx2.get(f"{self.admin_url}/metrics").text
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+DEFAULT_ROUTES: list[dict[str, Any]] = [
+    {"name": "get-customer", "methods": ["GET", "HEAD"], "path": "/v1/customers/{id}", "scopes": ["crm.read"]},
+    {"name": "create-customer", "methods": ["POST"], "path": "/v1/customers", "scopes": ["crm.write"]},
+    {"name": "files", "path": "/files/{rest:path}", "scopes": ["crm.read"]},
+    {"name": "delegated-only", "path": "/v1/on-behalf", "scopes": ["crm.read"], "delegation": "required"},
+    {"name": "direct-only", "path": "/v1/direct", "scopes": ["crm.read"], "delegation": "forbidden"},
+    {"name": "sse", "methods": ["GET"], "path": "/sse", "scopes": ["crm.read"]},
+    {"name": "slow", "path": "/slow", "scopes": ["crm.read"]},
+    {"name": "big", "path": "/big", "scopes": ["crm.read"]},
+    {"name": "upload", "methods": ["POST", "PUT"], "path": "/upload", "scopes": ["crm.write"]},
+    {"name": "status-codes", "path": "/status/{code}", "scopes": ["crm.read"]},
+    {"name": "health", "methods": ["GET"], "path": "/status", "public": True},
+]
+
+
+def start_gateway(tmp: Path, upstream_url: str, *, routes: list[dict[str, Any]] | None = None,
+                  extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Gateway:
+    proxy_port, issuer_port, admin_port = free_port(), free_port(), free_port()
+    config: dict[str, Any] = {
+        "version": 1,
+        "proxy": {"listen": f"127.0.0.1:{proxy_port}", "public_url": f"http://127.0.0.1:{proxy_port}",
+                  "max_body_bytes": 65536},
+        "issuer": {"listen": f"127.0.0.1:{issuer_port}", "url": f"http://127.0.0.1:{issuer_port}",
+                   "keys_dir": str(tmp / "keys")},
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
+        "audit": {"file": str(tmp / "audit.jsonl"), "spool_dir": str(tmp / "spool")},
+        "upstreams": {"crm": {"url": upstream_url, "timeout": "2s", "connect_timeout": "2s",
+                              "headers": {"Authorization": "Bearer ${TEST_UPSTREAM_KEY}"}}},
+        "agents": {"billing-bot": {"scopes": ["crm.read", "crm.write"]}},
+        "routes_file": "routes.yaml",
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    config_path = tmp / "tollbooth.yaml"
+    routes_path = tmp / "routes.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    routes_path.write_text(yaml.safe_dump({"routes": DEFAULT_ROUTES if routes is None else routes}))
+    process_env = {**os.environ, "TEST_UPSTREAM_KEY": "upstream-secret", **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--log-format", "json"],
+        cwd=tmp, env=process_env, stdout=subprocess.DEVNULL, stderr=open(tmp / "gateway.log", "wb"),  # noqa: SIM115
+    )
+    gw = Gateway(tmp, config_path, routes_path, f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{issuer_port}",
+                 f"http://127.0.0.1:{admin_port}", process, config)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited: {(tmp / 'gateway.log').read_text()}")
+        try:
+            return httpx2.get(f"{gw.admin_url}/readyz", timeout=1).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    wait_until(ready, timeout=20, what="gateway readiness")
+    return gw
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), upstream.url)
+    yield gw
+    gw.stop()
