@@ -134,7 +134,9 @@ class ProxyApp:
         # identify
         principal: Principal | None = None
         try:
-            token = extract_bearer(scope["headers"], scope.get("query_string", b""))
+            token = extract_bearer(
+                scope["headers"], scope.get("query_string", b""), max_token_bytes=snap.config.proxy.max_token_bytes
+            )
             if token is not None:
                 principal = await snap.verifier.verify(token)
         except TokenRejected as exc:
