@@ -39,5 +39,13 @@ def make_app(upstream_url: str) -> Any:
 
 if __name__ == "__main__":
     port, upstream = int(sys.argv[1]), sys.argv[2]
-    uvicorn.run(make_app(upstream), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", lifespan="off")
+    uvicorn.run(
+        make_app(upstream),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )

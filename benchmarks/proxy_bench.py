@@ -71,12 +71,16 @@ def write_gateway_config(tmp: Path, upstream_port: int, name: str) -> tuple[Path
     config = {
         "version": 1,
         "proxy": {"listen": f"127.0.0.1:{port}", "public_url": "http://bench.tollbooth"},
-        "issuer": {"listen": f"127.0.0.1:{free_port()}", "url": "http://issuer.tollbooth",
-                   "keys_dir": str(tmp / "keys")},
+        "issuer": {
+            "listen": f"127.0.0.1:{free_port()}",
+            "url": "http://issuer.tollbooth",
+            "keys_dir": str(tmp / "keys"),
+        },
         "admin": {"listen": f"127.0.0.1:{free_port()}"},
         "audit": {"file": str(tmp / f"audit-{name}.jsonl")},
-        "upstreams": {"crm": {"url": f"http://127.0.0.1:{upstream_port}",
-                              "headers": {"Authorization": "Bearer upstream-key"}}},
+        "upstreams": {
+            "crm": {"url": f"http://127.0.0.1:{upstream_port}", "headers": {"Authorization": "Bearer upstream-key"}}
+        },
         "routes": [{"name": "get-customer", "methods": ["GET"], "path": "/v1/customers/{id}", "scopes": ["crm.read"]}],
     }
     path = tmp / f"{name}.yaml"
@@ -85,15 +89,47 @@ def write_gateway_config(tmp: Path, upstream_port: int, name: str) -> tuple[Path
 
 
 def start_gateway(config: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--only", "proxy",
-                             "--log-level", "warning"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--only",
+            "proxy",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     wait_port(port)
     return proc
 
 
 def mint(config: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "gateway", "token", "--config", str(config), "--agent", "bench-agent",
-                          "--scope", "crm.read", "--ttl", "24h"], cwd=ROOT, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "token",
+            "--config",
+            str(config),
+            "--agent",
+            "bench-agent",
+            "--scope",
+            "crm.read",
+            "--ttl",
+            "24h",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
@@ -103,8 +139,9 @@ def export_public_pem(keys_dir: Path, dest: Path) -> None:
     from gateway.issuer.keys import KeyStore
 
     key = KeyStore.load(keys_dir, "ES256", generate_if_empty=False).active
-    dest.write_bytes(key.public_key.public_bytes(serialization.Encoding.PEM,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
+    dest.write_bytes(
+        key.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -166,8 +203,17 @@ def main() -> int:
         token = mint(config)
         procs.append(start_gateway(config, gw_port))
         naive_port = free_port()
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "naive_proxy.py"), str(naive_port),
-                                       f"http://127.0.0.1:{upstream_port}"], cwd=ROOT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "benchmarks" / "naive_proxy.py"),
+                    str(naive_port),
+                    f"http://127.0.0.1:{upstream_port}",
+                ],
+                cwd=ROOT,
+            )
+        )
         wait_port(naive_port)
         targets = {
             "direct": (f"http://127.0.0.1:{upstream_port}{PATH}", None),
@@ -179,8 +225,11 @@ def main() -> int:
         results = {}
         for name, (url, tok) in targets.items():
             results[name] = measure(name, url, tok, args.connections, args.duration)
-        latency = {name: measure(name, url, tok, 1, args.duration) for name, (url, tok) in targets.items()
-                   if name in ("direct", "tollbooth")}
+        latency = {
+            name: measure(name, url, tok, 1, args.duration)
+            for name, (url, tok) in targets.items()
+            if name in ("direct", "tollbooth")
+        }
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -192,8 +241,10 @@ def main() -> int:
     for name, r in results.items():
         print(f"{name:<14}{r['rps']:>10.0f}{r['p50']:>10.3f}{r['p99']:>10.3f}{r['rps'] / direct:>10.3f}")
     added = latency["tollbooth"]["p50"] - latency["direct"]["p50"]
-    print(f"\np50 at 1 connection: direct {latency['direct']['p50']:.3f} ms, tollbooth {latency['tollbooth']['p50']:.3f} "
-          f"ms -> gateway-added p50 {added:.3f} ms (target <= 1 ms)")
+    print(
+        f"\np50 at 1 connection: direct {latency['direct']['p50']:.3f} ms, tollbooth {latency['tollbooth']['p50']:.3f} "
+        f"ms -> gateway-added p50 {added:.3f} ms (target <= 1 ms)"
+    )
     print(f"tollbooth / naive proxy: {results['tollbooth']['rps'] / results['naive-proxy']['rps']:.2f}x")
 
     if args.skip_anchors:
@@ -206,9 +257,24 @@ def main() -> int:
     anchored = start_gateway(config, gw_port)
     try:
         export_public_pem(tmp / "keys", tmp / "pub.pem")
-        subprocess.run(["bash", str(ANCHORS / "run.sh"), "--token", token, "--pubkey", str(tmp / "pub.pem"),
-                        "--gateway", f"http://127.0.0.1:{gw_port}{PATH}", "--duration", str(args.duration),
-                        "--connections", str(args.connections)], check=False, env=dict(os.environ))
+        subprocess.run(
+            [
+                "bash",
+                str(ANCHORS / "run.sh"),
+                "--token",
+                token,
+                "--pubkey",
+                str(tmp / "pub.pem"),
+                "--gateway",
+                f"http://127.0.0.1:{gw_port}{PATH}",
+                "--duration",
+                str(args.duration),
+                "--connections",
+                str(args.connections),
+            ],
+            check=False,
+            env=dict(os.environ),
+        )
     finally:
         anchored.send_signal(signal.SIGTERM)
         anchored.wait(timeout=30)

@@ -27,7 +27,10 @@ def _load(path: str) -> LoadedConfig:
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", "-c", default=DEFAULT_CONFIG, help=f"the YAML config file (default: {DEFAULT_CONFIG}; env TOLLBOOTH_CONFIG)"
+        "--config",
+        "-c",
+        default=DEFAULT_CONFIG,
+        help=f"the YAML config file (default: {DEFAULT_CONFIG}; env TOLLBOOTH_CONFIG)",
     )
 
 
@@ -100,8 +103,11 @@ def cmd_token(args: argparse.Namespace) -> int:
     if agent is not None:
         outside = [s for s in scopes if s not in agent.scopes]
         if outside:
-            print(f"error: agent {args.agent!r} may not hold {' '.join(outside)} (its scopes: "
-                  f"{' '.join(agent.scopes) or 'none'})", file=sys.stderr)
+            print(
+                f"error: agent {args.agent!r} may not hold {' '.join(outside)} (its scopes: "
+                f"{' '.join(agent.scopes) or 'none'})",
+                file=sys.stderr,
+            )
             return 1
     ttl = parse_duration(args.ttl) if args.ttl else config.issuer.access_token_ttl
     act: dict[str, object] | None = None
@@ -162,8 +168,11 @@ def cmd_hash_secret(args: argparse.Namespace) -> int:
 
     secret = sys.stdin.readline().rstrip("\r\n")
     if not secret:
-        print("error: give the secret on standard input, e.g. `head -c 32 /dev/urandom | base64 | tee secret.txt | "
-              "tollbooth hash-secret`", file=sys.stderr)
+        print(
+            "error: give the secret on standard input, e.g. `head -c 32 /dev/urandom | base64 | tee secret.txt | "
+            "tollbooth hash-secret`",
+            file=sys.stderr,
+        )
         return 1
     print(PasswordHasher().hash(secret))
     return 0
@@ -189,26 +198,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tollbooth {__version__}")
     verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = verbs.add_parser("serve", help="run the proxy, token service and admin listeners",
-                             description="Run the gateway. Stops gracefully on SIGTERM.")
+    serve = verbs.add_parser(
+        "serve",
+        help="run the proxy, token service and admin listeners",
+        description="Run the gateway. Stops gracefully on SIGTERM.",
+    )
     _add_config(serve)
-    serve.add_argument("--only", action="append", choices=["proxy", "issuer", "admin"],
-                       help="run only this listener (repeatable); default: all three")
+    serve.add_argument(
+        "--only",
+        action="append",
+        choices=["proxy", "issuer", "admin"],
+        help="run only this listener (repeatable); default: all three",
+    )
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the ports (default 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", default="auto", choices=["auto", "json", "text"],
-                       help="auto: text on a terminal, JSON lines otherwise")
+    serve.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "text"],
+        help="auto: text on a terminal, JSON lines otherwise",
+    )
     serve.set_defaults(func=cmd_serve)
 
-    check = verbs.add_parser("check", help="validate a config and report shadowed or duplicate routes",
-                             description="Validate a config. Exit 1 naming file, rule and field when it is invalid.")
+    check = verbs.add_parser(
+        "check",
+        help="validate a config and report shadowed or duplicate routes",
+        description="Validate a config. Exit 1 naming file, rule and field when it is invalid.",
+    )
     _add_config(check)
     check.add_argument("--strict", action="store_true", help="also exit 1 when there are warnings")
     check.set_defaults(func=cmd_check)
 
-    explain = verbs.add_parser("explain", help="would this request be allowed, and by which rule?",
-                               description="Explain the decision for METHOD PATH with a token or with given scopes. "
-                                           "Exit 0 when allowed, 2 when denied.")
+    explain = verbs.add_parser(
+        "explain",
+        help="would this request be allowed, and by which rule?",
+        description="Explain the decision for METHOD PATH with a token or with given scopes. "
+        "Exit 0 when allowed, 2 when denied.",
+    )
     _add_config(explain)
     explain.add_argument("method", help="HTTP method, e.g. GET")
     explain.add_argument("path", help="request path as sent on the wire, e.g. /v1/customers/42")
@@ -216,13 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--scope", action="append", default=[], help="a scope the caller holds (repeatable)")
     explain.add_argument("--agent", default="explain", help="the agent (client_id) to assume without --token")
     explain.add_argument("--subject", help="the subject acted for (a delegated token) without --token")
-    explain.add_argument("--act", action="append", default=[],
-                         help="an actor in the delegation chain, outermost first (repeatable)")
+    explain.add_argument(
+        "--act", action="append", default=[], help="an actor in the delegation chain, outermost first (repeatable)"
+    )
     explain.add_argument("--json", action="store_true", help="print JSON")
     explain.set_defaults(func=cmd_explain)
 
-    token = verbs.add_parser("token", help="mint a token locally for development",
-                             description="Mint an access token with the local signing key (development only).")
+    token = verbs.add_parser(
+        "token",
+        help="mint a token locally for development",
+        description="Mint an access token with the local signing key (development only).",
+    )
     _add_config(token)
     token.add_argument("--agent", required=True, help="the agent's client_id")
     token.add_argument("--scope", action="append", default=[], help="scope(s) to grant (repeatable or space-separated)")
@@ -245,17 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_keys)
 
-    schema = verbs.add_parser("schema", help="print the config's JSON Schema",
-                              description="Print the JSON Schema of the config file (for editors and CI).")
+    schema = verbs.add_parser(
+        "schema",
+        help="print the config's JSON Schema",
+        description="Print the JSON Schema of the config file (for editors and CI).",
+    )
     schema.set_defaults(func=cmd_schema)
 
-    hash_secret = verbs.add_parser("hash-secret", help="hash an agent secret for `secret_hash`",
-                                   description="Read a secret on standard input; print the argon2id hash to put in "
-                                               "agents.<id>.secret_hash.")
+    hash_secret = verbs.add_parser(
+        "hash-secret",
+        help="hash an agent secret for `secret_hash`",
+        description="Read a secret on standard input; print the argon2id hash to put in agents.<id>.secret_hash.",
+    )
     hash_secret.set_defaults(func=cmd_hash_secret)
 
-    demo = verbs.add_parser("demo", help="serve the example config with a bundled demo upstream (make run)",
-                            description="Start a fake CRM API and the gateway, and print curl lines to try.")
+    demo = verbs.add_parser(
+        "demo",
+        help="serve the example config with a bundled demo upstream (make run)",
+        description="Start a fake CRM API and the gateway, and print curl lines to try.",
+    )
     _add_config(demo)
     demo.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=cmd_demo)

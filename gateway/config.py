@@ -298,7 +298,9 @@ def expand_env(value: Any, where: str, env: dict[str, str], problems: list[str])
             return found
         if has_default is not None:
             return default or ""
-        problems.append(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
+        problems.append(
+            f"{where}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+        )
         return ""
 
     return _VAR.sub(substitute, value)
@@ -398,8 +400,7 @@ def _check_references(config: Config, path: Path, routes_path: Path | None, inli
             problems.append(f'{where}: upstream: unknown upstream "{route.upstream}" (known: {known})')
         elif route.upstream is None and len(config.upstreams) != 1:
             problems.append(
-                f"{where}: upstream: required when there is not exactly one upstream "
-                f"({len(config.upstreams)} defined)"
+                f"{where}: upstream: required when there is not exactly one upstream ({len(config.upstreams)} defined)"
             )
         if route.public and route.scopes:
             problems.append(f"{where}: scopes: a public route takes no token, so it cannot require scopes")

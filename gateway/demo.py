@@ -24,7 +24,9 @@ _CUSTOMERS = {
 
 def _seen(request: Request) -> dict[str, str]:
     """What the gateway stamped, echoed back so a demo user can see it (a real API would not do this)."""
-    return {k: v for k, v in request.headers.items() if k.startswith("x-tollbooth-") or k in ("traceparent", "x-request-id")}
+    return {
+        k: v for k, v in request.headers.items() if k.startswith("x-tollbooth-") or k in ("traceparent", "x-request-id")
+    }
 
 
 def crm_app() -> Starlette:
@@ -94,8 +96,14 @@ async def run_demo(loaded: LoadedConfig, *, config_path: str) -> None:
     parts = urlsplit(upstream_url)
     # The gateway handles SIGINT/SIGTERM; the demo upstream stops when the gateway does.
     server = QuietServer(
-        uvicorn.Config(crm_app(), host=parts.hostname or "127.0.0.1", port=parts.port or 80,
-                       log_level="warning", lifespan="off", loop="none")
+        uvicorn.Config(
+            crm_app(),
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 80,
+            log_level="warning",
+            lifespan="off",
+            loop="none",
+        )
     )
     upstream = asyncio.create_task(server.serve())
     ready = asyncio.Event()

@@ -13,8 +13,15 @@ from gateway.proxy.identify import TokenRejected, Verifier
 from gateway.state import RevocationList
 
 
-def _result(allow: bool, status: int, reason: str, description: str, route: str | None = None,
-            required: tuple[str, ...] = (), principal: Principal | None = None) -> dict[str, Any]:
+def _result(
+    allow: bool,
+    status: int,
+    reason: str,
+    description: str,
+    route: str | None = None,
+    required: tuple[str, ...] = (),
+    principal: Principal | None = None,
+) -> dict[str, Any]:
     return {
         "allow": allow,
         "status": status,
@@ -83,7 +90,14 @@ async def explain(
         )
     decision = authorize(RouteTable.from_config(config), method.upper(), normalized, principal)
     route = decision.route
-    out = _result(decision.allow, decision.status, decision.reason, decision.description,
-                  route.name if route else None, decision.required_scopes, principal)
+    out = _result(
+        decision.allow,
+        decision.status,
+        decision.reason,
+        decision.description,
+        route.name if route else None,
+        decision.required_scopes,
+        principal,
+    )
     out["upstream"] = route.upstream if route else None
     return out

@@ -161,11 +161,10 @@ async def run_gateway(
         loop.add_signal_handler(signum, stop, signum)
     watch_task = asyncio.create_task(watcher.run(), name="config-watcher")
     serving = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
+    if ready is not None:
+        # The sockets are bound and listening already: connections wait in the backlog until accepted.
+        ready.set()
     try:
-        if ready is not None:
-            while not all(server.started for server, _ in servers):
-                await asyncio.sleep(0.01)
-            ready.set()
         await asyncio.gather(*serving)
     finally:
         watch_task.cancel()

@@ -36,7 +36,9 @@ class UpstreamTarget:
 def upstream_target(upstream: UpstreamConfig) -> UpstreamTarget:
     parts = urlsplit(upstream.url)
     injected = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in upstream.headers.items()]
-    return UpstreamTarget(host=parts.netloc.encode("idna"), base_path=parts.path.rstrip("/").encode(), injected=injected)
+    return UpstreamTarget(
+        host=parts.netloc.encode("idna"), base_path=parts.path.rstrip("/").encode(), injected=injected
+    )
 
 
 def _verifier_inputs(config: Config) -> tuple[object, ...]:

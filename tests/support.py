@@ -85,11 +85,23 @@ def _upstream_app(up: Upstream) -> Callable[..., Any]:
             if not message.get("more_body"):
                 break
         path: str = scope["path"]
-        up.seen.append(Seen(scope["method"], scope.get("raw_path") or path.encode(), scope["query_string"],
-                            list(scope["headers"]), body))
+        up.seen.append(
+            Seen(
+                scope["method"],
+                scope.get("raw_path") or path.encode(),
+                scope["query_string"],
+                list(scope["headers"]),
+                body,
+            )
+        )
         if path == "/sse":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
             await asyncio.get_running_loop().run_in_executor(None, up.release.wait, 10)
             await send({"type": "http.response.body", "body": b"data: two\n\n", "more_body": False})
@@ -105,10 +117,20 @@ def _upstream_app(up: Upstream) -> Callable[..., Any]:
         else:
             payload = json.dumps({"ok": True, "path": path}).encode()
         status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"keep-alive, x-upstream-private"), (b"x-upstream-private", b"1"),
-                                (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"keep-alive, x-upstream-private"),
+                    (b"x-upstream-private", b"1"),
+                    (b"set-cookie", b"a=1"),
+                    (b"set-cookie", b"b=2"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     return app
@@ -118,8 +140,11 @@ def _upstream_app(up: Upstream) -> Callable[..., Any]:
 def upstream() -> Iterator[Upstream]:
     port = free_port()
     up = Upstream(url=f"http://127.0.0.1:{port}", port=port)
-    server = uvicorn.Server(uvicorn.Config(_upstream_app(up), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            _upstream_app(up), host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, what="upstream start")
@@ -142,15 +167,30 @@ class Gateway:
     process: subprocess.Popen[bytes]
     config: dict[str, Any]
 
-    def mint(self, scopes: str | list[str] = "crm.read", *, agent: str = "billing-bot", subject: str | None = None,
-             act: dict[str, Any] | None = None, ttl: float = 300, **extra: Any) -> str:
+    def mint(
+        self,
+        scopes: str | list[str] = "crm.read",
+        *,
+        agent: str = "billing-bot",
+        subject: str | None = None,
+        act: dict[str, Any] | None = None,
+        ttl: float = 300,
+        **extra: Any,
+    ) -> str:
         from gateway.issuer.keys import KeyStore
         from gateway.issuer.tokens import mint_access_token
 
         keys = KeyStore.load(self.dir / "keys", "ES256", generate_if_empty=False)
         token, _ = mint_access_token(
-            keys.active, issuer=self.issuer_url, audience=self.proxy_url, subject=subject or agent, client_id=agent,
-            scopes=scopes.split() if isinstance(scopes, str) else scopes, ttl=ttl, act=act, extra_claims=extra or None,
+            keys.active,
+            issuer=self.issuer_url,
+            audience=self.proxy_url,
+            subject=subject or agent,
+            client_id=agent,
+            scopes=scopes.split() if isinstance(scopes, str) else scopes,
+            ttl=ttl,
+            act=act,
+            extra_claims=extra or None,
         )
         return token
 
@@ -197,19 +237,37 @@ DEFAULT_ROUTES: list[dict[str, Any]] = [
 ]
 
 
-def start_gateway(tmp: Path, upstream_url: str, *, routes: list[dict[str, Any]] | None = None,
-                  extra: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Gateway:
+def start_gateway(
+    tmp: Path,
+    upstream_url: str,
+    *,
+    routes: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Gateway:
     proxy_port, issuer_port, admin_port = free_port(), free_port(), free_port()
     config: dict[str, Any] = {
         "version": 1,
-        "proxy": {"listen": f"127.0.0.1:{proxy_port}", "public_url": f"http://127.0.0.1:{proxy_port}",
-                  "max_body_bytes": 65536},
-        "issuer": {"listen": f"127.0.0.1:{issuer_port}", "url": f"http://127.0.0.1:{issuer_port}",
-                   "keys_dir": str(tmp / "keys")},
+        "proxy": {
+            "listen": f"127.0.0.1:{proxy_port}",
+            "public_url": f"http://127.0.0.1:{proxy_port}",
+            "max_body_bytes": 65536,
+        },
+        "issuer": {
+            "listen": f"127.0.0.1:{issuer_port}",
+            "url": f"http://127.0.0.1:{issuer_port}",
+            "keys_dir": str(tmp / "keys"),
+        },
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
         "audit": {"file": str(tmp / "audit.jsonl"), "spool_dir": str(tmp / "spool")},
-        "upstreams": {"crm": {"url": upstream_url, "timeout": "2s", "connect_timeout": "2s",
-                              "headers": {"Authorization": "Bearer ${TEST_UPSTREAM_KEY}"}}},
+        "upstreams": {
+            "crm": {
+                "url": upstream_url,
+                "timeout": "2s",
+                "connect_timeout": "2s",
+                "headers": {"Authorization": "Bearer ${TEST_UPSTREAM_KEY}"},
+            }
+        },
         "agents": {"billing-bot": {"scopes": ["crm.read", "crm.write"]}},
         "routes_file": "routes.yaml",
     }
@@ -225,10 +283,21 @@ def start_gateway(tmp: Path, upstream_url: str, *, routes: list[dict[str, Any]] 
     process_env = {**os.environ, "TEST_UPSTREAM_KEY": "upstream-secret", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--log-format", "json"],
-        cwd=tmp, env=process_env, stdout=subprocess.DEVNULL, stderr=open(tmp / "gateway.log", "wb"),  # noqa: SIM115
+        cwd=tmp,
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "gateway.log", "wb"),  # noqa: SIM115
     )
-    gw = Gateway(tmp, config_path, routes_path, f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{issuer_port}",
-                 f"http://127.0.0.1:{admin_port}", process, config)
+    gw = Gateway(
+        tmp,
+        config_path,
+        routes_path,
+        f"http://127.0.0.1:{proxy_port}",
+        f"http://127.0.0.1:{issuer_port}",
+        f"http://127.0.0.1:{admin_port}",
+        process,
+        config,
+    )
 
     def ready() -> bool:
         if process.poll() is not None:

@@ -76,4 +76,6 @@ _OPTIONAL = tuple(f.name for f in fields(AuditEvent) if f.name not in ("event", 
 
 def config_event(kind: str, *, reason: str, path: str) -> AuditEvent:
     """`config.reloaded` / `config.rejected`: `path` is the file, `reason` what was wrong (or what changed)."""
-    return AuditEvent(event=kind, ts=time.time(), path=path, reason=reason, decision="allow" if kind == "config.reloaded" else "deny")
+    return AuditEvent(
+        event=kind, ts=time.time(), path=path, reason=reason, decision="allow" if kind == "config.reloaded" else "deny"
+    )

@@ -141,7 +141,14 @@ class ProxyApp:
                 principal = await snap.verifier.verify(token)
         except TokenRejected as exc:
             await self._deny(
-                send, crossing, exc.status, exc.error, exc.description, reason=exc.reason, challenge=exc.error, snap=snap
+                send,
+                crossing,
+                exc.status,
+                exc.error,
+                exc.description,
+                reason=exc.reason,
+                challenge=exc.error,
+                snap=snap,
             )
             return
         if principal is not None:
@@ -168,8 +175,14 @@ class ProxyApp:
             return
         assert route is not None
         if not self._audit.healthy and snap.config.audit.on_failure == "deny":
-            await self._deny(send, crossing, 503, "audit_unavailable", "the audit trail cannot record this request",
-                             reason="audit_unavailable")
+            await self._deny(
+                send,
+                crossing,
+                503,
+                "audit_unavailable",
+                "the audit trail cannot record this request",
+                reason="audit_unavailable",
+            )
             return
         # Content-Length over the limit is refused before any byte goes upstream.
         limit = snap.config.proxy.max_body_bytes
@@ -179,11 +192,19 @@ class ProxyApp:
             except ValueError:
                 declared = -1
             if declared < 0:
-                await self._deny(send, crossing, 400, "invalid_request", "malformed Content-Length", reason="bad_request")
+                await self._deny(
+                    send, crossing, 400, "invalid_request", "malformed Content-Length", reason="bad_request"
+                )
                 return
             if declared > limit:
-                await self._deny(send, crossing, 413, "request_too_large",
-                                 f"the request body exceeds {limit} bytes", reason="body_too_large")
+                await self._deny(
+                    send,
+                    crossing,
+                    413,
+                    "request_too_large",
+                    f"the request body exceeds {limit} bytes",
+                    reason="body_too_large",
+                )
                 return
         # stamp
         upstream = snap.upstreams[route.upstream]
@@ -205,8 +226,18 @@ class ProxyApp:
         event.decision = "allow"
         event.reason = decision.reason
         # forward
-        await self._forward(snap, route.upstream, method, target, up_headers, receive, send, crossing, limit,
-                            has_body=content_length is not None or _has_chunked_body(scope["headers"]))
+        await self._forward(
+            snap,
+            route.upstream,
+            method,
+            target,
+            up_headers,
+            receive,
+            send,
+            crossing,
+            limit,
+            has_body=content_length is not None or _has_chunked_body(scope["headers"]),
+        )
 
     async def _forward(
         self,
@@ -241,12 +272,27 @@ class ProxyApp:
             crossing.status = crossing.status or 499
             event.reason = "client_disconnected"
         except BodyTooLarge:
-            await self._deny(send, crossing, 413, "request_too_large", f"the request body exceeds {limit} bytes",
-                             reason="body_too_large", started=crossing.status != 0)
+            await self._deny(
+                send,
+                crossing,
+                413,
+                "request_too_large",
+                f"the request body exceeds {limit} bytes",
+                reason="body_too_large",
+                started=crossing.status != 0,
+            )
         except UpstreamError as exc:
             event.upstream_ms = (time.perf_counter() - upstream_started) * 1000
-            await self._deny(send, crossing, exc.status, exc.reason, _UPSTREAM_TEXT[exc.status],
-                             reason=exc.reason, started=crossing.status != 0, decision="allow")
+            await self._deny(
+                send,
+                crossing,
+                exc.status,
+                exc.reason,
+                _UPSTREAM_TEXT[exc.status],
+                reason=exc.reason,
+                started=crossing.status != 0,
+                decision="allow",
+            )
         finally:
             watcher.cancel()
             event.bytes_in = body_state.total
@@ -288,8 +334,9 @@ class ProxyApp:
         resource = metadata_resource_for(snap.config.proxy.public_url, raw_path.decode("latin-1"))
         crossing.event.route = "oauth-protected-resource"
         if resource is None:
-            await self._deny(send, crossing, 404, "not_found", "no protected resource metadata at this path",
-                             reason="not_found")
+            await self._deny(
+                send, crossing, 404, "not_found", "no protected resource metadata at this path", reason="not_found"
+            )
             return
         document = protected_resource_metadata(
             resource=resource,
@@ -365,7 +412,10 @@ class ProxyApp:
 
 # RFC 6750 §3.1: no error code when the request carried no token; insufficient_scope lets clients step up.
 _CHALLENGES = {"missing_token": "no_token", "insufficient_scope": "insufficient_scope"}
-_UPSTREAM_TEXT = {502: "the upstream could not be reached or answered badly", 504: "the upstream did not answer in time"}
+_UPSTREAM_TEXT = {
+    502: "the upstream could not be reached or answered badly",
+    504: "the upstream did not answer in time",
+}
 
 
 def _record_principal(event: AuditEvent, principal: Principal) -> None:

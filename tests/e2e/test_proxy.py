@@ -95,8 +95,11 @@ def test_missing_token_is_401_with_resource_metadata_and_no_error(gateway: Gatew
 
 def test_insufficient_scope_is_403_naming_the_scope(gateway: Gateway, upstream: Upstream):
     before = len(upstream.seen)
-    response = httpx2.post(gateway.proxy_url + "/v1/customers", json={"name": "x"},
-                           headers={"Authorization": f"Bearer {gateway.mint('crm.read')}"})
+    response = httpx2.post(
+        gateway.proxy_url + "/v1/customers",
+        json={"name": "x"},
+        headers={"Authorization": f"Bearer {gateway.mint('crm.read')}"},
+    )
     assert response.status_code == 403
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert 'scope="crm.write"' in response.headers["www-authenticate"]
@@ -149,8 +152,13 @@ def test_token_in_query_string_is_refused(gateway: Gateway, upstream: Upstream):
 )
 def test_ambiguous_path_is_400_and_never_forwarded(gateway: Gateway, upstream: Upstream, raw_path: bytes):
     before = len(upstream.seen)
-    request = (b"GET " + raw_path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-               + gateway.mint().encode() + b"\r\nConnection: close\r\n\r\n")
+    request = (
+        b"GET "
+        + raw_path
+        + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + gateway.mint().encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )
     status, _, body = raw_request(gateway.proxy_url, request)
     assert status == 400, body
     assert json.loads(body)["error"] == "invalid_request"
@@ -159,8 +167,13 @@ def test_ambiguous_path_is_400_and_never_forwarded(gateway: Gateway, upstream: U
 
 def test_path_is_forwarded_exactly_as_matched(gateway: Gateway, upstream: Upstream):
     raw = b"/files/caf%C3%A9/a%20b"
-    request = (b"GET " + raw + b"?q=%2F HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-               + gateway.mint().encode() + b"\r\nConnection: close\r\n\r\n")
+    request = (
+        b"GET "
+        + raw
+        + b"?q=%2F HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + gateway.mint().encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )
     status, _, _ = raw_request(gateway.proxy_url, request)
     assert status == 200
     assert upstream.last().raw_path == raw
@@ -171,9 +184,19 @@ def test_path_is_forwarded_exactly_as_matched(gateway: Gateway, upstream: Upstre
 
 
 def test_spoofed_identity_and_method_override_headers_are_dropped(gateway: Gateway, upstream: Upstream):
-    response = get(gateway, "/v1/customers/42", gateway.mint(), **{
-        "X-Tollbooth-Agent": "admin-bot", "X-Tollbooth-Scopes": "everything", "x-tollbooth-extra": "1",
-        "X-HTTP-Method-Override": "DELETE", "X-Method-Override": "DELETE", "X-HTTP-Method": "DELETE"})
+    response = get(
+        gateway,
+        "/v1/customers/42",
+        gateway.mint(),
+        **{
+            "X-Tollbooth-Agent": "admin-bot",
+            "X-Tollbooth-Scopes": "everything",
+            "x-tollbooth-extra": "1",
+            "X-HTTP-Method-Override": "DELETE",
+            "X-Method-Override": "DELETE",
+            "X-HTTP-Method": "DELETE",
+        },
+    )
     assert response.status_code == 200
     seen = upstream.last()
     assert seen.headers_named("x-tollbooth-agent") == ["billing-bot"]
@@ -185,9 +208,12 @@ def test_spoofed_identity_and_method_override_headers_are_dropped(gateway: Gatew
 
 def test_connection_header_cannot_remove_injected_credential_or_identity(gateway: Gateway, upstream: Upstream):
     token = gateway.mint()
-    request = (b"GET /v1/customers/42 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
-               + b"\r\nConnection: close, authorization, x-tollbooth-agent, traceparent, x-request-id\r\n"
-               b"X-Custom: gone\r\nConnection: x-custom\r\n\r\n")
+    request = (
+        b"GET /v1/customers/42 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + token.encode()
+        + b"\r\nConnection: close, authorization, x-tollbooth-agent, traceparent, x-request-id\r\n"
+        b"X-Custom: gone\r\nConnection: x-custom\r\n\r\n"
+    )
     status, _, _ = raw_request(gateway.proxy_url, request)
     assert status == 200
     seen = upstream.last()
@@ -199,8 +225,14 @@ def test_connection_header_cannot_remove_injected_credential_or_identity(gateway
 
 def test_traceparent_is_continued_and_request_id_kept(gateway: Gateway, upstream: Upstream):
     incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    response = get(gateway, "/v1/customers/42", gateway.mint(), traceparent=incoming, tracestate="vendor=1",
-                   **{"X-Request-Id": "req-123"})
+    response = get(
+        gateway,
+        "/v1/customers/42",
+        gateway.mint(),
+        traceparent=incoming,
+        tracestate="vendor=1",
+        **{"X-Request-Id": "req-123"},
+    )
     seen = upstream.last()
     trace_id = seen.header("traceparent").split("-")[1]
     assert trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -210,8 +242,13 @@ def test_traceparent_is_continued_and_request_id_kept(gateway: Gateway, upstream
 
 
 def test_invalid_traceparent_starts_a_new_trace(gateway: Gateway, upstream: Upstream):
-    get(gateway, "/v1/customers/42", gateway.mint(), traceparent="00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-        **{"X-Request-Id": "bad\tid"})
+    get(
+        gateway,
+        "/v1/customers/42",
+        gateway.mint(),
+        traceparent="00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        **{"X-Request-Id": "bad\tid"},
+    )
     seen = upstream.last()
     assert seen.header("traceparent").split("-")[1] != "0" * 32
     assert seen.header("x-request-id") != "bad\tid"
@@ -243,8 +280,11 @@ def test_slow_upstream_is_504(gateway: Gateway, upstream: Upstream):
 
 def test_body_over_limit_is_413(gateway: Gateway, upstream: Upstream):
     before = len(upstream.seen)
-    response = httpx2.post(gateway.proxy_url + "/upload", content=b"x" * 100_000,
-                           headers={"Authorization": f"Bearer {gateway.mint('crm.write')}"})
+    response = httpx2.post(
+        gateway.proxy_url + "/upload",
+        content=b"x" * 100_000,
+        headers={"Authorization": f"Bearer {gateway.mint('crm.write')}"},
+    )
     assert response.status_code == 413
     assert len(upstream.seen) == before
 
@@ -254,14 +294,18 @@ def test_chunked_body_over_limit_is_413(gateway: Gateway):
         for _ in range(20):
             yield b"y" * 8192
 
-    response = httpx2.post(gateway.proxy_url + "/upload", content=body(),
-                           headers={"Authorization": f"Bearer {gateway.mint('crm.write')}"})
+    response = httpx2.post(
+        gateway.proxy_url + "/upload", content=body(), headers={"Authorization": f"Bearer {gateway.mint('crm.write')}"}
+    )
     assert response.status_code == 413
 
 
 def test_body_within_limit_is_streamed_upstream(gateway: Gateway, upstream: Upstream):
-    response = httpx2.put(gateway.proxy_url + "/upload", content=b"z" * 50_000,
-                          headers={"Authorization": f"Bearer {gateway.mint('crm.write')}"})
+    response = httpx2.put(
+        gateway.proxy_url + "/upload",
+        content=b"z" * 50_000,
+        headers={"Authorization": f"Bearer {gateway.mint('crm.write')}"},
+    )
     assert response.status_code == 200
     assert upstream.last().body == b"z" * 50_000
 
