@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 
@@ -23,7 +24,7 @@ from gateway.admin import admin_app
 from gateway.audit.sinks import AuditSink, FileSink
 from gateway.config import LoadedConfig
 from gateway.issuer.app import issuer_app
-from gateway.issuer.keys import KeyStore
+from gateway.issuer.keys import KeyStore, KeyStoreError, SigningKey
 from gateway.proxy.app import ProxyApp
 from gateway.reload import ConfigWatcher
 from gateway.snapshot import Snapshot, build_snapshot, retire_snapshot
@@ -89,11 +90,34 @@ class Gateway:
     def apply(self, loaded: LoadedConfig) -> None:
         previous = self.snapshot
         self.snapshot = build_snapshot(
-            loaded.config, keys=self.keys.verification_keys, revocations=self.revocations, previous=previous
+            loaded.config, keys=self.verification_keys, revocations=self.revocations, previous=previous
         )
         self.loaded = loaded
         if previous is not None:
             retire_snapshot(previous, self.snapshot)
+
+    def verification_keys(self) -> dict[str, SigningKey]:
+        # Read through `self.keys` on every lookup so a rotated key store is seen at once.
+        return self.keys.verification_keys()
+
+    async def watch_keys(self, interval: float) -> None:
+        """Reload the signing keys when a file in keys_dir appears, changes or goes (`tollbooth keys generate`)."""
+        keys_dir = Path(self.loaded.config.issuer.keys_dir)
+        seen = await asyncio.to_thread(_listing, keys_dir)
+        while True:
+            await asyncio.sleep(interval)
+            listing = await asyncio.to_thread(_listing, keys_dir)
+            if listing == seen:
+                continue
+            seen = listing
+            try:
+                self.keys = await asyncio.to_thread(
+                    KeyStore.load, keys_dir, self.loaded.config.issuer.algorithm, generate_if_empty=False
+                )
+            except KeyStoreError as exc:
+                log.error("signing keys not reloaded, the previous keys stay in use: %s", exc)
+                continue
+            log.info("signing keys reloaded: active kid %s, %d keys", self.keys.active.kid, len(self.keys.keys))
 
     async def readiness(self) -> dict[str, object]:
         async def keys() -> str | None:
@@ -137,7 +161,7 @@ async def run_gateway(
 
     apps: dict[str, tuple[object, str]] = {
         "proxy": (ProxyApp(gateway.current, audit), config.proxy.listen),
-        "issuer": (issuer_app(keys), config.issuer.listen),
+        "issuer": (issuer_app(lambda: gateway.keys), config.issuer.listen),
         "admin": (admin_app(await gateway.readiness()), config.admin.listen),
     }
     servers: list[tuple[QuietServer, socket.socket]] = []
@@ -159,7 +183,10 @@ async def run_gateway(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop, signum)
-    watch_task = asyncio.create_task(watcher.run(), name="config-watcher")
+    watch_tasks = [
+        asyncio.create_task(watcher.run(), name="config-watcher"),
+        asyncio.create_task(gateway.watch_keys(reload_interval), name="keys-watcher"),
+    ]
     serving = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
     if ready is not None:
         # The sockets are bound and listening already: connections wait in the backlog until accepted.
@@ -167,11 +194,19 @@ async def run_gateway(
     try:
         await asyncio.gather(*serving)
     finally:
-        watch_task.cancel()
+        for task in watch_tasks:
+            task.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await gateway.aclose()
         log.info("stopped")
+
+
+def _listing(keys_dir: Path) -> tuple[tuple[str, int], ...]:
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in keys_dir.iterdir() if p.suffix == ".pem"))
+    except OSError:
+        return ()
 
 
 def run_workers(argv: list[str], workers: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -10,9 +12,11 @@ from starlette.routing import Route
 from gateway.issuer.keys import KeyStore
 
 
-def issuer_app(keys: KeyStore) -> Starlette:
+def issuer_app(keys: Callable[[], KeyStore]) -> Starlette:
+    """`keys` returns the key store in force (it is replaced when keys are rotated)."""
+
     async def jwks(request: Request) -> Response:
         # Short cache: verifiers pick up a rotated key within minutes, and refetch on an unknown kid anyway.
-        return JSONResponse(keys.jwks(), headers={"cache-control": "public, max-age=300"})
+        return JSONResponse(keys().jwks(), headers={"cache-control": "public, max-age=300"})
 
     return Starlette(routes=[Route("/.well-known/jwks.json", jwks, methods=["GET", "HEAD"])])

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 
 import httpx2
 import pytest
@@ -449,3 +452,23 @@ def test_sigterm_finishes_in_flight_request_then_exits(upstream: Upstream, tmp_p
     sock.close()
     assert b"data: two" in data
     assert gw.process.wait(timeout=20) == 0
+
+
+def test_a_new_signing_key_is_picked_up_without_restart(upstream: Upstream, tmp_path):
+    gw = start_gateway(tmp_path, upstream.url)
+    try:
+        old_token = gw.mint()
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "keys", "generate", "--config", str(gw.config_path)],
+            env={**os.environ, "TEST_UPSTREAM_KEY": "x"},
+            check=True,
+            capture_output=True,
+        )
+        new_token = gw.mint()
+        assert new_token.split(".")[0] != old_token.split(".")[0]  # another kid in the header
+        wait_until(lambda: get(gw, "/v1/customers/1", new_token).status_code == 200, what="new key accepted")
+        assert get(gw, "/v1/customers/1", old_token).status_code == 200
+        jwks = httpx2.get(gw.issuer_url + "/.well-known/jwks.json").json()
+        assert len(jwks["keys"]) == 2
+    finally:
+        gw.stop()
