@@ -1,0 +1,91 @@
+"""The JSON-lines file sink: batched, ordered, never silently dropping, never holding a secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from gateway.audit.events import SCHEMA_VERSION, AuditEvent, config_event, rfc3339_ms
+from gateway.audit.sinks import FileSink
+
+
+def event(n: int, **fields: object) -> AuditEvent:
+    return AuditEvent(event="access", ts=time.time(), request_id=f"req-{n}", **fields)  # type: ignore[arg-type]
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_to_fields_is_flat_strings_and_omits_empty_fields():
+    fields = AuditEvent(event="access", ts=0.0, agent="bot", status=200, duration_ms=1.23456, bytes_in=0).to_fields()
+    assert fields["v"] == SCHEMA_VERSION == "1"
+    assert fields["ts"] == "1970-01-01T00:00:00.000Z"
+    assert fields["status"] == "200" and fields["duration_ms"] == "1.235" and fields["bytes_in"] == "0"
+    assert "subject" not in fields and "reason" not in fields
+    assert all(isinstance(v, str) for v in fields.values())
+    assert fields["id"] and fields["instance"]
+
+
+def test_rfc3339_has_milliseconds_and_z():
+    assert rfc3339_ms(1764077295.1239) == "2025-11-25T13:28:15.123Z"
+
+
+def test_config_events_name_the_file_and_reason():
+    fields = config_event("config.rejected", reason="bad key", path="/etc/t.yaml").to_fields()
+    assert (fields["event"], fields["path"], fields["reason"], fields["decision"]) == (
+        "config.rejected",
+        "/etc/t.yaml",
+        "bad key",
+        "deny",
+    )
+
+
+def test_events_are_written_in_order(tmp_path: Path):
+    async def scenario() -> None:
+        sink = FileSink(tmp_path / "audit" / "a.jsonl")
+        await sink.start()
+        for n in range(5000):
+            assert sink.emit(event(n))
+        await sink.aclose()
+
+    asyncio.run(scenario())
+    lines = read(tmp_path / "audit" / "a.jsonl")
+    assert [line["request_id"] for line in lines] == [f"req-{n}" for n in range(5000)]
+    assert oct(os.stat(tmp_path / "audit" / "a.jsonl").st_mode & 0o777) == "0o600"
+
+
+def test_a_full_queue_refuses_instead_of_dropping_silently(tmp_path: Path):
+    async def scenario() -> list[bool]:
+        sink = FileSink(tmp_path / "a.jsonl", queue_size=3)
+        await sink.start()
+        # No await between emits: the writer cannot run, so the fourth finds the queue full.
+        accepted = [sink.emit(event(n)) for n in range(4)]
+        assert not sink.healthy
+        await sink.aclose()
+        return accepted
+
+    assert asyncio.run(scenario()) == [True, True, True, False]
+    assert len(read(tmp_path / "a.jsonl")) == 3
+
+
+def test_unwritable_file_keeps_events_queued_and_reports_unhealthy(tmp_path: Path):
+    async def scenario() -> None:
+        sink = FileSink(tmp_path / "a.jsonl")
+        await sink.start()
+        real_fd = sink._fd
+        sink._fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail with EBADF
+        assert sink.emit(event(1))
+        deadline = time.monotonic() + 5
+        while sink.healthy:
+            assert time.monotonic() < deadline, "sink never reported the failing write"
+            await asyncio.sleep(0.01)
+        os.close(sink._fd)
+        sink._fd = real_fd  # the disk is back: the queued event is written, not lost
+        await sink.aclose()
+
+    asyncio.run(scenario())
+    assert [line["request_id"] for line in read(tmp_path / "a.jsonl")] == ["req-1"]
