@@ -18,6 +18,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis.asyncio
 import uvicorn
 
 from gateway.admin import admin_app
@@ -129,7 +130,21 @@ class Gateway:
         async def audit() -> str | None:
             return None if self.audit.healthy else "audit sink cannot take events"
 
-        return {"keys": keys, "config": config, "audit": audit}
+        checks = {"keys": keys, "config": config, "audit": audit}
+        if self.loaded.config.redis.url:
+            client = redis.asyncio.Redis.from_url(
+                self.loaded.config.redis.url, socket_timeout=1, socket_connect_timeout=1
+            )
+
+            async def redis_ping() -> str | None:
+                try:
+                    await client.ping()
+                except (redis.RedisError, OSError) as exc:
+                    return f"redis unreachable: {exc.__class__.__name__}"
+                return None
+
+            checks["redis"] = redis_ping
+        return checks
 
     async def aclose(self) -> None:
         await self.audit.aclose()
