@@ -24,7 +24,8 @@ UPSTREAM_SECONDS = Histogram(
     ["upstream"],
     buckets=_LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge("tollbooth_requests_in_flight", "Requests the proxy is handling now.")
+# multiprocess_mode tells `--workers N` how to combine the workers' values (ignored with one process).
+IN_FLIGHT = Gauge("tollbooth_requests_in_flight", "Requests the proxy is handling now.", multiprocess_mode="livesum")
 TOKEN_VERIFICATIONS = Counter(
     "tollbooth_token_verifications_total",
     "Bearer tokens checked at the proxy, by outcome (cached, verified, rejected).",
@@ -41,11 +42,15 @@ CONFIG_RELOADS = Counter(
     ["outcome"],
 )
 CONFIG_LAST_RELOAD = Gauge(
-    "tollbooth_config_last_reload_timestamp_seconds", "When the config in force was applied (Unix time)."
+    "tollbooth_config_last_reload_timestamp_seconds",
+    "When the config in force was applied (Unix time).",
+    multiprocess_mode="max",
 )
 AUDIT_EVENTS = Counter(
     "tollbooth_audit_events_total",
     "Audit events by sink and outcome (written, spooled, replayed, failed).",
     ["sink", "outcome"],
 )
-AUDIT_QUEUE_DEPTH = Gauge("tollbooth_audit_queue_depth", "Audit events waiting to be written.")
+AUDIT_QUEUE_DEPTH = Gauge(
+    "tollbooth_audit_queue_depth", "Audit events waiting to be written.", multiprocess_mode="livesum"
+)

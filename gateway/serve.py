@@ -10,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,19 +227,38 @@ def _listing(keys_dir: Path) -> tuple[tuple[str, int], ...]:
 
 
 def run_workers(argv: list[str], workers: int) -> int:
-    """Start `workers` copies of `tollbooth serve` sharing the ports (SO_REUSEPORT) and wait for them."""
-    env = dict(os.environ, TOLLBOOTH_REUSE_PORT="1")
+    """Start `workers` copies of `tollbooth serve` sharing the ports (SO_REUSEPORT) and wait for them.
+
+    The workers share a Prometheus multiprocess directory so that any of them answers /metrics for all.
+    """
+    metrics_dir = tempfile.mkdtemp(prefix="tollbooth-metrics-")
+    env = dict(os.environ, TOLLBOOTH_REUSE_PORT="1", PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     children = [
-        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env)  # noqa: S603
+        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env)
         for _ in range(workers)
     ]
 
+    stopping = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
-    return max(codes, default=0)
+    try:
+        first, status = os.wait()
+        codes = [os.waitstatus_to_exitcode(status)]
+        if not stopping:
+            # A worker died on its own: stop the rest and exit non-zero so the orchestrator restarts the pod
+            # instead of it serving on with fewer workers than asked for.
+            log.error("worker %d exited unexpectedly: stopping the other workers", first)
+            forward(signal.SIGTERM, None)
+            codes.append(1)
+        codes += [child.wait() for child in children if child.pid != first]
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return max((abs(code) for code in codes), default=0)

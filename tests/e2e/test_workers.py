@@ -1,0 +1,56 @@
+"""`--workers N`: several processes share the ports, agree on metrics, and stop together."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import httpx2
+import yaml
+from support import Upstream, free_port, wait_until
+
+
+def test_two_workers_serve_share_metrics_and_stop_on_sigterm(upstream: Upstream, tmp_path):
+    proxy, admin = free_port(), free_port()
+    config = {
+        "proxy": {"listen": f"127.0.0.1:{proxy}", "public_url": f"http://127.0.0.1:{proxy}"},
+        "issuer": {"listen": f"127.0.0.1:{free_port()}", "keys_dir": str(tmp_path / "keys")},
+        "admin": {"listen": f"127.0.0.1:{admin}"},
+        "audit": {"file": str(tmp_path / "audit.jsonl")},
+        "upstreams": {"crm": {"url": upstream.url}},
+        "routes": [{"name": "health", "path": "/status", "methods": ["GET"], "public": True}],
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "t.yaml"), "--workers", "2"],
+        cwd=tmp_path,
+        stderr=open(tmp_path / "log", "wb"),  # noqa: SIM115
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx2.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200
+            except httpx2.TransportError:
+                return False
+
+        wait_until(up, timeout=20, what="workers ready")
+        # Fresh connections are spread over the workers by the kernel; every one must be answered.
+        for _ in range(40):
+            assert httpx2.get(f"http://127.0.0.1:{proxy}/status").status_code == 200
+        logs = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines() if line.startswith("{")]
+        assert len({entry["pid"] for entry in logs if entry["msg"].startswith("proxy listening")}) == 2
+        # Any worker answers the scrape with the sum over both.
+        text = httpx2.get(f"http://127.0.0.1:{admin}/metrics").text
+        line = next(
+            row for row in text.splitlines() if row.startswith("tollbooth_requests_total{") and 'route="health"' in row
+        )
+        assert float(line.rsplit(" ", 1)[1]) == 40.0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    # Both workers append to one audit file; after the graceful stop every crossing is in it.
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert len([e for e in events if e.get("route") == "health"]) == 40
