@@ -1,0 +1,74 @@
+"""`make run`: the demo serves the example config and the lines it prints work as printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import yaml
+from support import ROOT, free_port, wait_until
+
+
+def demo_config(tmp: Path) -> Path:
+    """config/example.yaml as shipped, moved to free ports and a temp state folder."""
+    config = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    proxy = free_port()
+    config["proxy"].update(listen=f"127.0.0.1:{proxy}", public_url=f"http://127.0.0.1:{proxy}")
+    issuer = free_port()
+    config["issuer"].update(listen=f"127.0.0.1:{issuer}", url=f"http://127.0.0.1:{issuer}", keys_dir=str(tmp / "keys"))
+    config["admin"]["listen"] = f"127.0.0.1:{free_port()}"
+    config["audit"]["file"] = str(tmp / "audit.jsonl")
+    config["upstreams"]["crm"]["url"] = f"http://127.0.0.1:{free_port()}"
+    (tmp / "routes.yaml").write_text((ROOT / "config" / "routes.yaml").read_text())
+    path = tmp / "example.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_demo_prints_lines_that_work(tmp_path: Path):
+    config = demo_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("CRM_API_KEY", "REDIS_URL")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        printed = ""
+        while "tail -n 3" not in printed:
+            line = process.stdout.readline()
+            assert line, f"demo exited early: {printed}"
+            printed += line
+        token_line = next(line for line in printed.splitlines() if "TOKEN=$(" in line)
+        command = shlex.split(re.search(r"TOKEN=\$\((.*)\)", token_line).group(1))
+        assert command[0] == ".venv/bin/tollbooth"
+        token = subprocess.run(
+            [sys.executable, "-m", "gateway", *command[1:]],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        proxy = re.search(r"proxy (http://\S+),", printed).group(1)
+        bearer = {"Authorization": f"Bearer {token}"}
+        wait_until(lambda: httpx2.get(f"{proxy}/status").status_code == 200, what="demo upstream")
+        allowed = httpx2.get(f"{proxy}/v1/customers/42", headers=bearer)
+        assert allowed.status_code == 200
+        assert allowed.json()["seen_by_upstream"]["x-tollbooth-agent"] == "billing-bot"
+        denied = httpx2.post(f"{proxy}/v1/customers", headers=bearer, json={"name": "Alan"})
+        assert denied.status_code == 403 and denied.json()["error"] == "insufficient_scope"
+        assert httpx2.get(f"{proxy}/v1/customers/42").status_code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
