@@ -131,6 +131,12 @@ def retire_snapshot(old: Snapshot, new: Snapshot) -> None:
 
     def close_all() -> None:
         for closer in closers:
-            loop.create_task(closer())
+            task = loop.create_task(closer())
+            # The loop keeps only weak references to tasks: hold them until they finish.
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
 
     old.retire(close_all)
+
+
+_closing: set[asyncio.Task[None]] = set()
