@@ -136,8 +136,8 @@ def _upstream_app(up: Upstream) -> Callable[..., Any]:
     return app
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
+def start_upstream() -> tuple[Upstream, Callable[[], None]]:
+    """Start a recording upstream on a free port; returns it and a function that stops it."""
     port = free_port()
     up = Upstream(url=f"http://127.0.0.1:{port}", port=port)
     server = uvicorn.Server(
@@ -148,10 +148,20 @@ def upstream() -> Iterator[Upstream]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, what="upstream start")
+
+    def stop() -> None:
+        up.release.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return up, stop
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    up, stop = start_upstream()
     yield up
-    up.release.set()
-    server.should_exit = True
-    thread.join(timeout=10)
+    stop()
 
 
 @dataclass

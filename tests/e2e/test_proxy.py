@@ -10,7 +10,8 @@ import sys
 
 import httpx2
 import pytest
-from support import Gateway, Upstream, free_port, start_gateway, wait_until
+import yaml
+from support import Gateway, Upstream, free_port, start_gateway, start_upstream, wait_until
 
 
 def raw_request(url: str, request: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
@@ -472,3 +473,25 @@ def test_a_new_signing_key_is_picked_up_without_restart(upstream: Upstream, tmp_
         assert len(jwks["keys"]) == 2
     finally:
         gw.stop()
+
+
+def test_reload_to_another_upstream_lets_in_flight_requests_finish_on_the_old_one(upstream: Upstream, tmp_path):
+    other, stop_other = start_upstream()
+    gw = start_gateway(tmp_path, upstream.url)
+    try:
+        upstream.release.clear()
+        token = gw.mint()
+        with httpx2.stream("GET", gw.proxy_url + "/sse", headers={"Authorization": f"Bearer {token}"}) as response:
+            chunks = response.iter_bytes()
+            assert next(chunks) == b"data: one\n\n"
+            config = yaml.safe_load(gw.config_path.read_text())
+            config["upstreams"]["crm"]["url"] = other.url
+            gw.config_path.write_text(yaml.safe_dump(config))
+            gw.wait_audit(lambda e: e["event"] == "config.reloaded")
+            assert get(gw, "/v1/customers/5", token).status_code == 200
+            assert other.last().raw_path == b"/v1/customers/5"
+            upstream.release.set()
+            assert b"".join(chunks) == b"data: two\n\n"
+    finally:
+        gw.stop()
+        stop_other()
