@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 from gateway import __version__
 from gateway.config import ConfigError, LoadedConfig, config_schema, load_config, parse_duration
@@ -16,13 +17,25 @@ from gateway.config import ConfigError, LoadedConfig, config_schema, load_config
 DEFAULT_CONFIG = os.environ.get("TOLLBOOTH_CONFIG", "config/example.yaml")
 
 
-def _load(path: str) -> LoadedConfig:
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _load(path: str, *, exit_code: int = 1) -> LoadedConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(exit_code) from None
+
+
+def _duration(text: str, what: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        _fail(f"{what}: {exc}", 2)
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
     from gateway.serve import LISTENERS, run_gateway, run_workers
 
+    if args.workers < 1:
+        _fail(f"--workers {args.workers}: give 1 or more processes", 2)
     setup_logging(args.log_level, args.log_format)
     loaded = _load(args.config)
     if args.workers > 1:
@@ -60,87 +75,145 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings = route_warnings(config)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if warnings and args.strict:
+        print(f"error: {len(warnings)} warning(s), and --strict treats warnings as errors", file=sys.stderr)
+        return 1
     files = ", ".join(str(p) for p in loaded.sources)
-    print(f"ok: {files}: {len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.agents)} agents")
-    return 1 if warnings and args.strict else 0
+    counts = [_count(len(config.routes), "route"), _count(len(config.upstreams), "upstream")]
+    counts.append(_count(len(config.agents), "agent"))
+    print(f"ok: {files}: {', '.join(counts)}")
+    return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from gateway.explain import explain
+    from gateway.issuer.keys import KeyStoreError
 
-    loaded = _load(args.config)
-    result = asyncio.run(
-        explain(
-            loaded.config,
-            method=args.method,
-            path=args.path,
-            token=args.token,
-            scopes=args.scope,
-            agent=args.agent,
-            subject=args.subject,
-            delegation=args.act,
+    if args.token and (args.scope or args.agent or args.subject or args.act):
+        _fail("--token speaks for itself: leave out --scope, --agent, --subject and --act", 2)
+    loaded = _load(args.config, exit_code=2)
+    try:
+        result = asyncio.run(
+            explain(
+                loaded.config,
+                method=args.method,
+                path=args.path,
+                token=args.token,
+                scopes=args.scope,
+                agent=args.agent,
+                subject=args.subject,
+                delegation=args.act,
+            )
         )
-    )
+    except KeyStoreError as exc:
+        _fail(f"cannot verify --token: {exc}", 2)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        verdict = "ALLOW" if result["allow"] else "DENY"
-        print(f"{verdict} {result['status']} {args.method.upper()} {args.path}")
-        print(f"  route:  {result['route'] or '(none)'}")
-        print(f"  reason: {result['reason']}: {result['description']}")
-        if result["required_scopes"]:
-            print(f"  needs:  {' '.join(result['required_scopes'])}")
-    return 0 if result["allow"] else 2
+        print(_explain_text(result))
+    return 0 if result["allow"] else 1
+
+
+def _explain_text(result: dict[str, Any]) -> str:
+    verdict = "ALLOW" if result["allow"] else "DENY"
+    lines = [f"{verdict} {result['status']} {result['method']} {result['path']}"]
+    route = result["route"] or "(none)"
+    if result["upstream"]:
+        route = f"{route} -> upstream {result['upstream']}"
+    lines.append(f"  route:  {route}")
+    lines.append(f"  reason: {result['reason']}: {result['description']}")
+    if result["required_scopes"]:
+        lines.append(f"  needs:  {' '.join(result['required_scopes'])}")
+    principal = result["principal"]
+    if isinstance(principal, dict):
+        caller = f"agent {principal['agent']}, subject {principal['subject']}"
+        if principal["delegation"]:
+            caller += f", acting through {', '.join(principal['delegation'])}"
+        caller += f"; scopes: {' '.join(principal['scopes']) or '(none)'}"
+        lines.append(f"  caller: {caller}")
+    for note in result["notes"]:
+        lines.append(f"  note:   {note}")
+    return "\n".join(lines)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.issuer.keys import KeyStore
+    from gateway.issuer.keys import KeyStore, KeyStoreError
     from gateway.issuer.tokens import mint_access_token
 
     config = _load(args.config).config
-    scopes = [s for chunk in args.scope for s in chunk.split()]
+    scopes = list(dict.fromkeys(s for chunk in args.scope for s in chunk.split()))
     agent = config.agents.get(args.agent)
-    if agent is not None:
-        outside = [s for s in scopes if s not in agent.scopes]
-        if outside:
-            print(
-                f"error: agent {args.agent!r} may not hold {' '.join(outside)} (its scopes: "
-                f"{' '.join(agent.scopes) or 'none'})",
-                file=sys.stderr,
-            )
-            return 1
-    ttl = parse_duration(args.ttl) if args.ttl else config.issuer.access_token_ttl
+    if agent is None:
+        known = ", ".join(config.agents) or "none; add one under `agents:`"
+        _fail(f"{args.config}: no agent {args.agent!r} under `agents:` (known: {known})")
+    outside = [s for s in scopes if s not in agent.scopes]
+    if outside:
+        _fail(
+            f"agent {args.agent!r} may not hold {' '.join(outside)} "
+            f"(agents.{args.agent}.scopes allows: {' '.join(agent.scopes) or 'nothing'})"
+        )
+    ttl = config.issuer.access_token_ttl if args.ttl is None else _duration(args.ttl, "--ttl")
+    if agent.max_token_ttl is not None:
+        if args.ttl is not None and ttl > agent.max_token_ttl:
+            _fail(f"--ttl {args.ttl}: agent {args.agent!r} may hold tokens for at most {agent.max_token_ttl:g}s")
+        ttl = min(ttl, agent.max_token_ttl)
+    actors = list(args.act or [])
+    if args.subject and args.subject != args.agent and not actors:
+        actors = [args.agent]  # DESIGN.md: a delegated token names the agent in act.sub
     act: dict[str, object] | None = None
-    for actor in reversed(args.act or []):
+    for actor in reversed(actors):
         act = {"sub": actor, **({"act": act} if act else {})}
-    keys = KeyStore.load(config.issuer.keys_dir, config.issuer.algorithm)
-    token, claims = mint_access_token(
-        keys.active,
-        issuer=config.issuer.url,
-        audience=config.proxy.public_url,
-        subject=args.subject or args.agent,
-        client_id=args.agent,
-        scopes=scopes,
-        ttl=ttl,
-        act=act,
-    )
+    try:
+        keys = KeyStore.load(config.issuer.keys_dir, config.issuer.algorithm)
+        token, claims = mint_access_token(
+            keys.active,
+            issuer=config.issuer.url,
+            audience=config.proxy.public_url,
+            subject=args.subject or args.agent,
+            client_id=args.agent,
+            scopes=scopes,
+            ttl=ttl,
+            act=act,
+        )
+    except (KeyStoreError, ValueError) as exc:
+        _fail(str(exc))
     if args.json:
-        print(json.dumps({"access_token": token, "token_type": "Bearer", "expires_in": int(ttl), "claims": claims}))
+        response = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": claims["exp"] - claims["iat"],
+            "scope": claims.get("scope", ""),
+            "claims": claims,
+        }
+        print(json.dumps(response, indent=2))
     else:
         print(token)
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.issuer.keys import KeyStore, generate_key
+    from gateway.issuer.keys import KeyStore, KeyStoreError, generate_key
 
     config = _load(args.config).config
     keys_dir = args.keys_dir or config.issuer.keys_dir
-    if args.keys_command == "generate":
-        key = generate_key(keys_dir, args.algorithm or config.issuer.algorithm)
-        print(f"generated {key.algorithm} key {key.kid} in {keys_dir} (now the active signing key)")
-        return 0
-    store = KeyStore.load(keys_dir, config.issuer.algorithm, generate_if_empty=False)
+    try:
+        if args.keys_command in ("generate", "rotate"):
+            algorithm = args.algorithm or config.issuer.algorithm
+            key = generate_key(keys_dir, algorithm)
+            active = (
+                "now the active signing key"
+                if algorithm == config.issuer.algorithm
+                else (f"signs only once issuer.algorithm is {algorithm}")
+            )
+            print(f"generated {key.algorithm} key {key.kid} in {keys_dir} ({active}; older keys keep verifying)")
+            return 0
+        store = KeyStore.load(keys_dir, config.issuer.algorithm, generate_if_empty=False)
+    except (KeyStoreError, OSError) as exc:
+        _fail(str(exc))
     rows = [
         {
             "kid": key.kid,
@@ -166,14 +239,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_hash_secret(args: argparse.Namespace) -> int:
     from argon2 import PasswordHasher
 
-    secret = sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():
+        import getpass
+
+        secret = getpass.getpass("secret (not echoed): ")
+        rest = ""
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+        rest = sys.stdin.read()
     if not secret:
-        print(
-            "error: give the secret on standard input, e.g. `head -c 32 /dev/urandom | base64 | tee secret.txt | "
-            "tollbooth hash-secret`",
-            file=sys.stderr,
+        _fail(
+            "no secret on standard input; e.g. `head -c 32 /dev/urandom | base64 | tee secret.txt | "
+            "tollbooth hash-secret`"
         )
-        return 1
+    if rest.strip():
+        # Hashing only the first line would make a secret that never matches what the agent sends.
+        _fail("the input has more than one line; give the secret alone, on one line")
     print(PasswordHasher().hash(secret))
     return 0
 
@@ -232,44 +313,83 @@ def build_parser() -> argparse.ArgumentParser:
     explain = verbs.add_parser(
         "explain",
         help="would this request be allowed, and by which rule?",
-        description="Explain the decision for METHOD PATH with a token or with given scopes. "
-        "Exit 0 when allowed, 2 when denied.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Explain the proxy's decision for METHOD PATH, without sending anything upstream.
+
+The caller is a real token (--token, verified as the proxy would, except that
+revocations are not consulted) or one assumed from --scope/--agent/--subject/--act.
+With none of these the request is explained as one without a token (401).
+PATH may carry a query string or be a full URL; only the path is matched.""",
+        epilog="""\
+exit status (like grep, so scripts can tell a denial from a mistake):
+  0  the proxy would forward the request (or answer it itself, for RFC 9728 metadata)
+  1  the proxy would refuse it (400, 401 or 403; the reason is printed)
+  2  explain could not answer: bad arguments, an invalid config, unreadable keys
+
+--json prints {method, path, allow, status, error, reason, description, route,
+upstream, required_scopes, principal, notes}; `error` is what the agent would see.""",
     )
     _add_config(explain)
-    explain.add_argument("method", help="HTTP method, e.g. GET")
-    explain.add_argument("path", help="request path as sent on the wire, e.g. /v1/customers/42")
-    explain.add_argument("--token", help="a bearer token to verify and use")
-    explain.add_argument("--scope", action="append", default=[], help="a scope the caller holds (repeatable)")
-    explain.add_argument("--agent", default="explain", help="the agent (client_id) to assume without --token")
-    explain.add_argument("--subject", help="the subject acted for (a delegated token) without --token")
+    explain.add_argument("method", help="HTTP method, e.g. GET (case-insensitive here)")
+    explain.add_argument("path", help="request path as sent on the wire, e.g. /v1/customers/42 (still encoded)")
+    explain.add_argument("--token", help="a bearer token to verify and use (e.g. from `tollbooth token`)")
+    explain.add_argument(
+        "--scope", action="append", default=[], help="a scope the caller holds (repeatable or space-separated)"
+    )
+    explain.add_argument("--agent", help="the agent (client_id) to assume (default: a nameless one)")
+    explain.add_argument(
+        "--subject",
+        help="the subject the caller acts for (default: the agent itself); "
+        "the agent becomes the actor unless --act says otherwise, as with `tollbooth token`",
+    )
     explain.add_argument(
         "--act", action="append", default=[], help="an actor in the delegation chain, outermost first (repeatable)"
     )
-    explain.add_argument("--json", action="store_true", help="print JSON")
+    explain.add_argument("--json", action="store_true", help="print the decision as JSON")
     explain.set_defaults(func=cmd_explain)
 
     token = verbs.add_parser(
         "token",
         help="mint a token locally for development",
-        description="Mint an access token with the local signing key (development only).",
+        description="Mint an access token with the local signing key (development only). The agent must be "
+        "in the config, and the scopes within its `scopes`. Prints the token, or with --json a token response.",
     )
     _add_config(token)
-    token.add_argument("--agent", required=True, help="the agent's client_id")
+    token.add_argument("--agent", required=True, help="the agent's client_id (a key under `agents:`)")
     token.add_argument("--scope", action="append", default=[], help="scope(s) to grant (repeatable or space-separated)")
-    token.add_argument("--subject", help="act on behalf of this subject (default: the agent itself)")
-    token.add_argument("--act", action="append", help="delegation chain: actor(s), outermost first")
-    token.add_argument("--ttl", help="lifetime, e.g. 5m (default: issuer.access_token_ttl)")
+    token.add_argument(
+        "--subject",
+        help="act on behalf of this subject: a delegated token (default: the agent itself; "
+        "the agent becomes the actor unless --act says otherwise)",
+    )
+    token.add_argument("--act", action="append", help="delegation chain: actor(s), outermost first (repeatable)")
+    token.add_argument(
+        "--ttl", help="lifetime, e.g. 5m (default: issuer.access_token_ttl, capped at the agent's max_token_ttl)"
+    )
     token.add_argument("--json", action="store_true", help="print a token response as JSON")
     token.set_defaults(func=cmd_token)
 
-    keys = verbs.add_parser("keys", help="manage signing keys", description="Generate or list signing keys.")
+    keys = verbs.add_parser(
+        "keys", help="manage signing keys", description="Generate (rotate) or list the issuer's signing keys."
+    )
     keys_verbs = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    generate = keys_verbs.add_parser("generate", help="generate a new signing key (it becomes the active one)")
+    generate = keys_verbs.add_parser(
+        "generate",
+        aliases=["rotate"],
+        help="generate a new signing key (it becomes the active one; older keys keep verifying)",
+        description="Generate a new signing key in the keys directory; it signs new tokens from now on, and the "
+        "older keys keep verifying the tokens they signed until you delete their files. `rotate` is the same.",
+    )
     _add_config(generate)
     generate.add_argument("--keys-dir", help="override issuer.keys_dir")
     generate.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256", "PS256"])
     generate.set_defaults(func=cmd_keys)
-    listing = keys_verbs.add_parser("list", help="list signing keys (* marks the active one)")
+    listing = keys_verbs.add_parser(
+        "list",
+        help="list signing keys (* marks the active one)",
+        description="List the signing keys, newest first; * marks the one that signs new tokens.",
+    )
     _add_config(listing)
     listing.add_argument("--keys-dir", help="override issuer.keys_dir")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -285,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     hash_secret = verbs.add_parser(
         "hash-secret",
         help="hash an agent secret for `secret_hash`",
-        description="Read a secret on standard input; print the argon2id hash to put in agents.<id>.secret_hash.",
+        description="Read a secret on standard input (one line; prompted without echo on a terminal) and print "
+        "the argon2id hash to put in agents.<id>.secret_hash.",
     )
     hash_secret.set_defaults(func=cmd_hash_secret)
 
@@ -306,6 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `tollbooth schema | head`: the reader left; say nothing, and keep the interpreter's flush at exit quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

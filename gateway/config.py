@@ -6,15 +6,24 @@ Nothing past `load_config` sees a raw dict: every other module takes these model
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -31,12 +40,19 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration: use 30s, 5m, 24h, or a number of seconds")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{value!r} is not a duration: it must be a positive, finite number of seconds or like 30s")
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": _DURATION.pattern},
+    ],
+    "description": "a duration: 250ms, 30s, 5m, 24h, 7d, or a number of seconds",
+}
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day|s|m|h|d)\s*$")
 _RATE_WINDOW = {"second": 1, "s": 1, "minute": 60, "m": 60, "hour": 3600, "h": 3600, "day": 86400, "d": 86400}
@@ -62,6 +78,14 @@ def parse_rate_limit(value: Any) -> RateLimit | None:
     return RateLimit(int(match.group(1)), _RATE_WINDOW[match.group(2)])
 
 
+# In YAML a rate limit is a string; the RateLimit it becomes is not what an editor should check against.
+_RATE_SCHEMA = {
+    "anyOf": [{"type": "string", "pattern": _RATE.pattern}, {"type": "null"}],
+    "default": None,
+    "description": "requests per agent: 60/minute, 10/second, 1000/hour, 5000/day",
+}
+
+
 def _listen(value: Any) -> str:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -75,10 +99,20 @@ Listen = Annotated[str, BeforeValidator(_listen)]
 def _http_url(value: Any) -> str:
     text = str(value)
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{text!r} is not an http(s) URL")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL like https://api.example.com")
     if parts.query or parts.fragment:
         raise ValueError(f"{text!r} must not have a query or fragment")
+    if parts.username is not None or parts.password is not None:
+        # The userinfo would travel in the Host header and in logs; credentials belong in `headers`.
+        raise ValueError(
+            f"{parts.scheme}://…@{parts.hostname}: no user or password in the URL; "
+            "put credentials in the upstream's `headers`"
+        )
+    try:
+        parts.port  # noqa: B018  (urlsplit checks the port only when asked)
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
     return text.rstrip("/")
 
 
@@ -106,6 +140,9 @@ class IssuerConfig(Model):
     access_token_ttl: Duration = 300
 
 
+_SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token
+
+
 class AdminConfig(Model):
     listen: Listen = "127.0.0.1:9090"
 
@@ -123,6 +160,50 @@ class AuditConfig(Model):
     queue_size: int = Field(default=100_000, gt=0)
 
 
+# RFC 9110 §5.1 field-name = token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: a field value has no CR, LF, NUL or other controls (HTAB aside).
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers the proxy writes itself (stamp.py): an injected copy would duplicate or contradict them (two Host or
+# Content-Length headers are request smuggling material; an injected X-Tollbooth-Agent would spoof identity).
+_GATEWAY_OWNED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "traceparent",
+        "tracestate",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    }
+)
+
+
+def _is_latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_scopes(scopes: list[str]) -> list[str]:
+    for scope in scopes:
+        if not _SCOPE.match(scope):
+            raise ValueError(f"{scope!r} is not a valid scope (RFC 6749 §3.3: no spaces, quotes or backslashes)")
+    return scopes
+
+
 class UpstreamConfig(Model):
     url: HttpUrl
     timeout: Duration = 30
@@ -133,11 +214,24 @@ class UpstreamConfig(Model):
     @field_validator("headers")
     @classmethod
     def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
         for name, value in headers.items():
-            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if any(c in value for c in "\r\n\0"):
-                raise ValueError(f"header {name!r} has a line break or NUL in its value")
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name (RFC 9110 §5.1: letters, digits, -, no spaces)")
+            lower = name.lower()
+            if lower in _GATEWAY_OWNED_HEADERS or lower.startswith("x-tollbooth-"):
+                raise ValueError(
+                    f"{name}: the gateway sets this header itself (framing, routing, tracing or identity); "
+                    "remove it from `headers`"
+                )
+            if lower in seen:
+                raise ValueError(f"{name}: given twice (also as {seen[lower]}); header names ignore case")
+            seen[lower] = name
+            if _HEADER_VALUE_FORBIDDEN.search(value):
+                # A CR or LF would end the header and start another one (request splitting) upstream.
+                raise ValueError(f"{name}: the value has a line break, NUL or other control character")
+            if not value.isascii() and not _is_latin1(value):
+                raise ValueError(f"{name}: the value has characters a header cannot carry (use ASCII)")
         return headers
 
 
@@ -149,6 +243,11 @@ class AgentConfig(Model):
     max_token_ttl: Duration | None = None
     may_act_for: list[str] = Field(default_factory=list)
     refresh_tokens: bool = False
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        return _check_scopes(scopes)
 
 
 class TrustedIssuerConfig(Model):
@@ -171,7 +270,6 @@ class TrustedIssuerConfig(Model):
         return uri
 
 
-_SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # The methods a route may name; "all" means these. TRACE and CONNECT are never proxied.
 HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -184,7 +282,7 @@ class RouteConfig(Model):
     methods: list[str] | None = None
     scopes: list[str] = Field(default_factory=list)
     delegation: Literal["allowed", "required", "forbidden"] = "allowed"
-    rate_limit: Annotated[RateLimit | None, BeforeValidator(parse_rate_limit)] = None
+    rate_limit: Annotated[RateLimit | None, BeforeValidator(parse_rate_limit), WithJsonSchema(_RATE_SCHEMA)] = None
     public: bool = False
 
     @field_validator("name")
@@ -203,36 +301,51 @@ class RouteConfig(Model):
         if not methods:
             raise ValueError("an empty list matches nothing: leave `methods` out to allow all methods")
         upper = [m.upper() for m in methods]
-        unknown = [m for m in upper if m not in HTTP_METHODS]
-        if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(HTTP_METHODS)}")
+        for method in upper:
+            if method in ("TRACE", "CONNECT"):
+                # TRACE reflects headers back (cross-site tracing); CONNECT opens a tunnel past every rule.
+                raise ValueError(f"{method} is never proxied; allowed: {', '.join(HTTP_METHODS)}")
+            if method not in HTTP_METHODS:
+                raise ValueError(f"unknown method {method!r}; allowed: {', '.join(HTTP_METHODS)}")
         return upper
 
     @field_validator("scopes")
     @classmethod
     def _scopes(cls, scopes: list[str]) -> list[str]:
-        for scope in scopes:
-            if not _SCOPE.match(scope):
-                raise ValueError(f"{scope!r} is not a valid scope (RFC 6749 §3.3: no spaces, quotes or backslashes)")
-        return scopes
+        return _check_scopes(scopes)
 
     @field_validator("path")
     @classmethod
     def _path(cls, path: str) -> str:
         if not path.startswith("/"):
             raise ValueError(f"{path!r} must start with '/'")
+        if re.search(r"[\x00-\x1f\x7f]", path):
+            raise ValueError(f"{path!r} has a control character, which the proxy refuses in every request")
         segments = path.split("/")[1:]
+        names: set[str] = set()
         for i, segment in enumerate(segments):
             if segment in (".", ".."):
-                raise ValueError(f"{path!r} has a dot segment")
+                # The proxy refuses dot segments in requests (400), so such a route could never match.
+                raise ValueError(f"{path!r} has a dot segment ('.' or '..'), which no request can match")
             if segment.startswith("{"):
                 match = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}", segment)
                 if not match:
-                    raise ValueError(f"{path!r}: {segment!r} is not a parameter; use {{name}} or {{name:path}}")
+                    raise ValueError(
+                        f"{path!r}: {segment!r} is not a parameter; use {{name}} or {{name:path}} "
+                        "(a name is letters, digits and '_', not starting with a digit)"
+                    )
+                if match.group(1) in names:
+                    raise ValueError(f"{path!r}: parameter {{{match.group(1)}}} appears twice")
+                names.add(match.group(1))
                 if match.group(2) and i != len(segments) - 1:
                     raise ValueError(f"{path!r}: a {{x:path}} parameter must be the last segment")
             elif any(c in segment for c in "{}%;\\?#"):
-                raise ValueError(f"{path!r}: segment {segment!r} has a character routes may not use")
+                # '%': patterns are decoded paths; ';' and backslash: the proxy refuses them; '?' '#': not path.
+                bad = next(c for c in segment if c in "{}%;\\?#")
+                raise ValueError(
+                    f"{path!r}: segment {segment!r} has {bad!r}, which a route path may not use "
+                    "(write paths decoded, parameters as whole segments)"
+                )
         return path
 
 
@@ -273,22 +386,33 @@ class LoadedConfig:
     config: Config
     path: Path
     sources: tuple[Path, ...]  # every file the config was read from: the reloader watches these
+    routes_path: Path | None = None  # the routes file, when `routes_file` names one
+    inline_routes: int = -1  # how many of config.routes came from the main file (-1: all of them)
 
+    def route_origin(self, index: int) -> str:
+        """Where config.routes[index] is written: `routes.yaml: routes[2]`, counting within its own file."""
+        if self.routes_path is None or self.inline_routes < 0 or index < self.inline_routes:
+            return f"{self.path}: routes[{index}]"
+        return f"{self.routes_path}: routes[{index - self.inline_routes}]"
+
+
+Loc = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 
 
-def expand_env(value: Any, where: str, env: dict[str, str], problems: list[str]) -> Any:
-    """Expand ${VAR} and ${VAR:-default} in every string of a parsed YAML tree.
+def expand_env(value: Any, loc: Loc, env: dict[str, str], problems: list[tuple[Loc, str]]) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in every string of a parsed YAML tree; report (location, problem).
 
-    Expansion happens after parsing, so a value from the environment can never inject YAML structure.
-    An unset ${VAR} without a default is an error: a silently empty credential is worse than no start.
+    Expansion happens after parsing, so a value from the environment can never inject YAML structure, and
+    the result is not expanded again. An unset ${VAR} without a default is an error: a silently empty
+    credential is worse than no start. Like the shell's `:-`, the default also replaces an empty value.
     """
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k), env, problems) for k, v in value.items()}
+        return {k: expand_env(v, (*loc, k), env, problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]", env, problems) for i, v in enumerate(value)]
-    if not isinstance(value, str):
+        return [expand_env(v, (*loc, i), env, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
         return value
 
     def substitute(match: re.Match[str]) -> str:
@@ -298,21 +422,50 @@ def expand_env(value: Any, where: str, env: dict[str, str], problems: list[str])
             return found
         if has_default is not None:
             return default or ""
+        state = "is empty" if found == "" else "is not set"
         problems.append(
-            f"{where}: environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+            (loc, f"environment variable {name} {state} (set it, or write ${{{name}:-default}} to give a default)")
         )
         return ""
 
     return _VAR.sub(substitute, value)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: YAML keeps the last silently, hiding an edit."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the keys beside it
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f'key "{key}" appears twice in one mapping (first on line {first.start_mark.line + 1}); keep one',
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        relative = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ConfigError([f"{path}: no such file{relative}; check the path"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8"]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader: plain data only)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -320,101 +473,202 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError([f"{path}: not valid YAML{at}: {problem}"]) from exc
 
 
-def _describe_location(loc: tuple[Any, ...], data: Any) -> str:
-    """('routes', 1, 'methds') → `routes[1] (typo-route).methds`, naming routes by their name."""
+# Sections keyed by rule: an error inside one names the rule (`routes[1] (get-customer)`, `upstreams.crm`).
+_RULE_SECTIONS = {"routes": "name", "trusted_issuers": "issuer", "upstreams": None, "agents": None}
+
+
+def _render(loc: Loc) -> str:
     out = ""
-    node = data
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-            if isinstance(node, dict) and isinstance(node.get("name"), str):
-                out += f" ({node['name']})"
-        else:
-            out += f".{part}" if out else str(part)
-            node = node.get(part) if isinstance(node, dict) else None
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+def _rule_and_field(loc: Loc, data: Any) -> tuple[str, Loc]:
+    """('routes', 1, 'methods', 0) → ('routes[1] (typo-route)', ('methods', 0)): the rule, then the field in it."""
+    if not loc:
+        return "top level", ()
+    if loc[0] in _RULE_SECTIONS and len(loc) >= 2:
+        rule = _render(loc[:2])
+        name_key = _RULE_SECTIONS[str(loc[0])]
+        section = data.get(loc[0]) if isinstance(data, dict) else None
+        entry = None
+        if isinstance(section, list) and isinstance(loc[1], int) and loc[1] < len(section):
+            entry = section[loc[1]]
+        if name_key and isinstance(entry, dict) and isinstance(entry.get(name_key), str):
+            rule += f" ({entry[name_key]})"
+        return rule, loc[2:]
+    if len(loc) >= 2:
+        return str(loc[0]), loc[1:]
+    return "top level", loc
+
+
+def _where(loc: Loc, data: Any) -> str:
+    """`routes[1] (typo-route): methods`, `proxy: listen`, `routes`: the rule, then the field."""
+    rule, field = _rule_and_field(loc, data)
+    if not field:
+        return rule
+    if rule == "top level":
+        return _render(field)
+    return f"{rule}: {_render(field)}"
+
+
+def _fields_of(model: type[BaseModel], loc: Loc) -> list[str]:
     """The known keys at the parent of `loc`, for did-you-mean suggestions."""
-    current: Any = model
+    annotation: Any = model
     for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        annotation = _inner(annotation, part)
+        if annotation is None:
             return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+    found = _model_in(annotation)
+    return list(found.model_fields) if found is not None else []
+
+
+def _inner(annotation: Any, part: str | int) -> Any:
+    """The type one step into `annotation`: a model's field, a list's item, a dict's value (any key)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return None if field is None else field.annotation
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list and isinstance(part, int):
+        return args[0]
+    if origin is dict:
+        return args[1]
+    for arg in args:  # Optional[...] and other unions: the first branch that has this step
+        found = _inner(arg, part)
+        if found is not None:
+            return found
+    return None
 
 
 def _model_in(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    for arg in getattr(annotation, "__args__", ()):
+    if get_origin(annotation) in (list, dict):
+        return None  # a list of models is not a model: its keys are not suggestions at this level
+    for arg in get_args(annotation):
         found = _model_in(arg)
         if found is not None:
             return found
     return None
 
 
+_TYPE_NAMES = {
+    dict: "a mapping",
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
+def _message(item: Any) -> str:
+    """Pydantic's message, said for a person editing YAML: 'must be …' and what was found instead."""
+    kind = item["type"]
+    given = item.get("input")
+    got = _TYPE_NAMES.get(type(given), "nothing" if given is None else type(given).__name__)
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"must be a mapping of keys, not {got}"
+    if kind == "list_type":
+        return f"must be a list (e.g. [a, b] or one `- item` per line), not {got}"
+    message = str(item["msg"]).removeprefix("Value error, ")
+    if message.startswith("Input should be"):
+        message = "must be" + message.removeprefix("Input should be")
+        if isinstance(given, str | int | float | bool) and not isinstance(given, dict | list):
+            shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "…"
+            message += f" (got {shown})"
+    return message
+
+
 def describe_validation_error(error: ValidationError, data: Any, model: type[BaseModel], path: Path) -> list[str]:
-    problems = []
+    items = []
     for item in error.errors():
-        loc = tuple(item["loc"])
         # Pydantic adds the tag of a failing union branch or validator to loc: keep only real keys.
-        while loc and isinstance(loc[-1], str) and ("[" in loc[-1] or "function-" in loc[-1]):
-            loc = loc[:-1]
-        *parent, key = loc or ("top level",)
-        parent_where = _describe_location(tuple(parent), data) or "top level"
-        field = f"{key}" if not isinstance(key, int) else f"[{key}]"
-        if item["type"] == "extra_forbidden":
-            hint = difflib.get_close_matches(str(key), _fields_of(model, loc), n=1)
-            suggestion = f' (did you mean "{hint[0]}"?)' if hint else ""
-            problems.append(f'{path}: {parent_where}: unknown key "{key}"{suggestion}')
-        elif item["type"] == "missing":
-            problems.append(f'{path}: {parent_where}: required key "{key}" is missing')
+        loc: Loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or "function-" in p)))
+        items.append((loc, item))
+    # A misspelt required key is both unknown and missing: the did-you-mean says it all, so drop the "missing".
+    hints: dict[Loc, str] = {}
+    for loc, item in items:
+        if item["type"] == "extra_forbidden" and loc:
+            close = difflib.get_close_matches(str(loc[-1]), _fields_of(model, loc), n=1)
+            if close:
+                hints[loc] = close[0]
+    suggested = {(loc[:-1], hint) for loc, hint in hints.items()}
+    problems = []
+    for loc, item in items:
+        if item["type"] == "missing" and loc and (loc[:-1], str(loc[-1])) in suggested:
+            continue
+        if item["type"] in ("extra_forbidden", "missing") and loc:
+            key = loc[-1]
+            where = _where(loc[:-1], data)
+            if item["type"] == "missing":
+                problems.append(f'{path}: {where}: required key "{key}" is missing')
+                continue
+            suggestion = f' (did you mean "{hints[loc]}"?)' if loc in hints else ""
+            problems.append(f'{path}: {where}: unknown key "{key}"{suggestion}')
         else:
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{path}: {parent_where}: {field}: {message}")
+            problems.append(f"{path}: {_where(loc, data)}: {_message(item)}")
     return problems
 
 
-def _check_references(config: Config, path: Path, routes_path: Path | None, inline: int) -> list[str]:
-    """Cross-field rules: unique route names, known upstreams. `inline` routes came from the main file."""
+def _check_references(config: Config, loaded: LoadedConfig) -> list[str]:
+    """Cross-field rules: unique route names, known upstreams, public routes without scopes."""
     problems: list[str] = []
     seen: dict[str, str] = {}
     for i, route in enumerate(config.routes):
-        source, index = (path, i) if i < inline else (routes_path or path, i - inline)
-        where = f"{source}: routes[{index}] ({route.name})"
+        where = f"{loaded.route_origin(i)} ({route.name})"
         if route.name in seen:
-            problems.append(f"{where}: name: duplicate route name (first used by {seen[route.name]})")
-        seen.setdefault(route.name, f"{source.name} routes[{index}]")
-        if route.upstream is not None and route.upstream not in config.upstreams:
-            known = ", ".join(config.upstreams) or "none defined"
-            problems.append(f'{where}: upstream: unknown upstream "{route.upstream}" (known: {known})')
-        elif route.upstream is None and len(config.upstreams) != 1:
             problems.append(
-                f"{where}: upstream: required when there is not exactly one upstream ({len(config.upstreams)} defined)"
+                f"{where}: name: duplicate route name (first used by {seen[route.name]}); names must be unique"
+            )
+        seen.setdefault(route.name, loaded.route_origin(i))
+        if route.upstream is not None and route.upstream not in config.upstreams:
+            known = ", ".join(config.upstreams) or "none defined under `upstreams:`"
+            hint = difflib.get_close_matches(route.upstream, list(config.upstreams), n=1)
+            suggestion = f' (did you mean "{hint[0]}"?)' if hint else ""
+            problems.append(f'{where}: upstream: unknown upstream "{route.upstream}"{suggestion}; known: {known}')
+        elif route.upstream is None and not config.upstreams:
+            problems.append(f"{where}: upstream: no upstream to forward to; define one under `upstreams:`")
+        elif route.upstream is None and len(config.upstreams) > 1:
+            problems.append(
+                f"{where}: upstream: required when there is more than one upstream "
+                f"(name one of: {', '.join(config.upstreams)})"
             )
         if route.public and route.scopes:
-            problems.append(f"{where}: scopes: a public route takes no token, so it cannot require scopes")
+            problems.append(
+                f"{where}: scopes: a public route takes no token, so it cannot require scopes "
+                "(remove `scopes` or `public: true`)"
+            )
     return problems
 
 
+# Top-level sections that may be left empty in YAML (`agents:` with every entry commented out).
+_SECTIONS = ("proxy", "issuer", "admin", "redis", "audit", "upstreams", "agents", "trusted_issuers", "routes")
+
+
+def _without_empty_sections(data: dict[Any, Any]) -> dict[Any, Any]:
+    return {k: v for k, v in data.items() if not (v is None and k in _SECTIONS)}
+
+
+def _expanded(raw: dict[Any, Any], path: Path, env: dict[str, str], problems: list[str]) -> dict[Any, Any]:
+    found: list[tuple[Loc, str]] = []
+    data = expand_env(raw, (), env, found)
+    problems.extend(f"{path}: {_where(loc, data)}: {problem}" for loc, problem in found)
+    return data
+
+
 def _load_routes_file(routes_path: Path, env: dict[str, str], problems: list[str]) -> list[RouteConfig]:
-    routes_raw = _read_yaml(routes_path) or {}
-    if not isinstance(routes_raw, dict):
-        problems.append(f"{routes_path}: the top level must be a mapping with a `routes:` list")
+    routes_raw = _read_yaml(routes_path)
+    if routes_raw is None:
         return []
-    expanded: list[str] = []
-    routes_data = expand_env(routes_raw, "", env, expanded)
-    problems.extend(f"{routes_path}: {p}" for p in expanded)
+    if not isinstance(routes_raw, dict):
+        problems.append(f"{routes_path}: the top level must be a mapping with a `routes:` list, like `routes: []`")
+        return []
+    before = len(problems)
+    routes_data = _without_empty_sections(_expanded(routes_raw, routes_path, env, problems))
+    if len(problems) > before:
+        return []  # the values that failed to expand would only add confusing follow-on errors
     try:
         return RoutesFile.model_validate(routes_data).routes
     except ValidationError as exc:
@@ -430,11 +684,16 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of keys (version, proxy, routes, …)"])
+        raise ConfigError(
+            [
+                f"{path}: the top level must be a mapping of keys (version, proxy, upstreams, routes, …), "
+                f"not {_TYPE_NAMES.get(type(raw), type(raw).__name__)}"
+            ]
+        )
     problems: list[str] = []
-    data = expand_env(raw, "", env, problems)
+    data = _without_empty_sections(_expanded(raw, path, env, problems))
     if problems:
-        raise ConfigError([f"{path}: {p}" for p in problems])
+        raise ConfigError(problems)  # the values that failed to expand would only add follow-on errors
 
     sources = [path]
     routes_path: Path | None = None
@@ -442,7 +701,10 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     if isinstance(data.get("routes_file"), str) and data["routes_file"]:
         routes_path = (path.parent / data["routes_file"]).resolve()
         sources.append(routes_path)
-        file_routes = _load_routes_file(routes_path, env, problems)
+        try:
+            file_routes = _load_routes_file(routes_path, env, problems)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
 
     try:
         config = Config.model_validate(data)
@@ -454,10 +716,17 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     inline = len(config.routes)
     if file_routes:
         config = config.model_copy(update={"routes": [*config.routes, *file_routes]})
-    problems = _check_references(config, path, routes_path, inline)
+    loaded = LoadedConfig(
+        config=config,
+        path=path,
+        sources=tuple(sources),
+        routes_path=routes_path,
+        inline_routes=inline if routes_path is not None else -1,
+    )
+    problems = _check_references(config, loaded)
     if problems:
         raise ConfigError(problems)
-    return LoadedConfig(config=config, path=path, sources=tuple(sources))
+    return loaded
 
 
 def config_schema() -> dict[str, Any]:

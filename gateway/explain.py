@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.issuer.keys import KeyStore
@@ -12,23 +13,44 @@ from gateway.proxy.authorize import PathRejected, RouteTable, authorize, normali
 from gateway.proxy.identify import TokenRejected, Verifier
 from gateway.state import RevocationList
 
+# The proxy answers this prefix itself for GET and HEAD (RFC 9728 metadata, see proxy/app.py): no route applies.
+_METADATA_PREFIX = "/.well-known/oauth-protected-resource"
+
+
+def request_path(target: str) -> str:
+    """The path part of what the user typed: `/a/b?x=1` → `/a/b`; `https://gw.example/a/b` → `/a/b`.
+
+    The proxy matches the path only (the query string travels separately in a request), so explain does too.
+    Nothing is decoded or cleaned here: the path goes to normalize_path exactly as it would arrive.
+    """
+    if target.startswith(("http://", "https://")):
+        parts = urlsplit(target)
+        rest = target[len(parts.scheme) + 3 + len(parts.netloc) :]
+        target = rest or "/"
+    return target.partition("?")[0]
+
 
 def _result(
     allow: bool,
     status: int,
     reason: str,
     description: str,
+    *,
+    error: str | None = None,
     route: str | None = None,
+    upstream: str | None = None,
     required: tuple[str, ...] = (),
     principal: Principal | None = None,
 ) -> dict[str, Any]:
     return {
         "allow": allow,
         "status": status,
+        # What the agent would see in the JSON error body and the challenge; None when the request is forwarded.
+        "error": None if allow else (error or reason),
         "reason": reason,
         "description": description,
         "route": route,
-        "upstream": None,
+        "upstream": upstream,
         "required_scopes": list(required),
         "principal": None
         if principal is None
@@ -49,15 +71,26 @@ async def explain(
     path: str,
     token: str | None,
     scopes: list[str],
-    agent: str,
+    agent: str | None,
     subject: str | None,
     delegation: list[str],
 ) -> dict[str, Any]:
-    """Decide as the proxy would: with a real token (verified like at the proxy) or with claimed scopes."""
+    """Decide as the proxy would: with a real token (verified like at the proxy) or with claimed scopes.
+
+    Without a token, a caller is assumed when any of scopes, agent, subject or delegation is given; with none of
+    them the request is explained as one that carries no token. Revocations are not consulted (they live in the
+    running gateway). Raises KeyStoreError when a token is given but the signing keys cannot be read.
+    """
+    method = method.upper()
+    path = request_path(path)
+    notes: list[str] = []
     try:
         normalized = normalize_path(path.encode())
     except PathRejected as exc:
-        return _result(False, 400, "path_rejected", exc.reason)
+        return _with(_result(False, 400, "path_rejected", exc.reason, error="invalid_request"), method, path, notes)
+    if normalized.startswith(_METADATA_PREFIX) and method in ("GET", "HEAD"):
+        description = "the proxy answers this itself (RFC 9728 protected resource metadata); no route or upstream"
+        return _with(_result(True, 200, "protected_resource_metadata", description), method, path, notes)
     principal: Principal | None = None
     if token:
         keys = KeyStore.load(config.issuer.keys_dir, config.issuer.algorithm, generate_if_empty=False)
@@ -73,31 +106,45 @@ async def explain(
         try:
             principal = await verifier.verify(token)
         except TokenRejected as exc:
-            return _result(False, exc.status, exc.reason, exc.description)
+            return _with(_result(False, exc.status, exc.reason, exc.description, error=exc.error), method, path, notes)
         finally:
             await verifier.aclose()
-    elif scopes or delegation or subject:
+    elif scopes or delegation or subject or agent:
+        agent = agent or "explain"
+        if subject and subject != agent and not delegation:
+            delegation = [agent]  # as `tollbooth token` mints it: a delegated token names the agent in act.sub
         now = time.time()
+        held = frozenset(s for chunk in scopes for s in chunk.split())
         principal = Principal(
             agent=agent,
             subject=subject or agent,
-            scopes=frozenset(s for chunk in scopes for s in chunk.split()),
+            scopes=held,
             jti="explain",
             issuer=config.issuer.url,
             expires_at=now + 60,
             issued_at=now,
             delegation=tuple(delegation),
         )
-    decision = authorize(RouteTable.from_config(config), method.upper(), normalized, principal)
+        configured = config.agents.get(agent)
+        if configured is not None and not held <= set(configured.scopes):
+            outside = " ".join(sorted(held - set(configured.scopes)))
+            notes.append(f"agent {agent!r} can never be issued {outside} (agents.{agent}.scopes)")
+    decision = authorize(RouteTable.from_config(config), method, normalized, principal)
     route = decision.route
+    if decision.reason == "missing_token":
+        notes.append("explained as a request without a token; give --token, or --scope/--agent to assume a caller")
     out = _result(
         decision.allow,
         decision.status,
         decision.reason,
         decision.description,
-        route.name if route else None,
-        decision.required_scopes,
-        principal,
+        route=route.name if route else None,
+        upstream=route.upstream if route else None,
+        required=decision.required_scopes,
+        principal=principal,
     )
-    out["upstream"] = route.upstream if route else None
-    return out
+    return _with(out, method, path, notes)
+
+
+def _with(result: dict[str, Any], method: str, path: str, notes: list[str]) -> dict[str, Any]:
+    return {"method": method, "path": path, **result, "notes": notes}
