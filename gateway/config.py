@@ -128,6 +128,8 @@ class ProxyConfig(Model):
     public_url: HttpUrl = "http://127.0.0.1:8080"
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_token_bytes: int = Field(default=8192, gt=0)
+    max_header_bytes: int = Field(default=65536, ge=1024)
+    max_headers: int = Field(default=100, gt=0)
     clock_leeway: Duration = 30
     trust_forwarded_for: bool = False
 

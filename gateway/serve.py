@@ -25,10 +25,11 @@ import uvicorn
 
 from gateway.admin import admin_app
 from gateway.audit.sinks import AuditSink, FileSink
-from gateway.config import LoadedConfig
+from gateway.config import LoadedConfig, ProxyConfig
 from gateway.issuer.app import issuer_app
 from gateway.issuer.keys import KeyStore, KeyStoreError, SigningKey
 from gateway.proxy.app import ProxyApp
+from gateway.proxy.protocol import guarded_protocol
 from gateway.reload import ConfigWatcher
 from gateway.snapshot import Snapshot, build_snapshot, retire_snapshot
 from gateway.state import RevocationList
@@ -60,10 +61,10 @@ def _bind(listen: str, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: object, *, graceful_seconds: float) -> uvicorn.Config:
+def _uvicorn_config(app: object, *, graceful_seconds: float, proxy: ProxyConfig) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http="httptools",
+        http=guarded_protocol(proxy.max_header_bytes, proxy.max_headers),
         loop="none",
         lifespan="off",
         access_log=False,
@@ -186,7 +187,9 @@ async def run_gateway(
         if name in selected:
             app, listen = apps[name]
             sock = _bind(listen, reuse_port=reuse_port)
-            servers.append((QuietServer(_uvicorn_config(app, graceful_seconds=graceful_seconds)), sock))
+            servers.append(
+                (QuietServer(_uvicorn_config(app, graceful_seconds=graceful_seconds, proxy=config.proxy)), sock)
+            )
             log.info("%s listening on %s", name, listen)
 
     loop = asyncio.get_running_loop()
@@ -234,8 +237,7 @@ def run_workers(argv: list[str], workers: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="tollbooth-metrics-")
     env = dict(os.environ, TOLLBOOTH_REUSE_PORT="1", PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     children = [
-        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env)
-        for _ in range(workers)
+        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env) for _ in range(workers)
     ]
 
     stopping = False

@@ -59,6 +59,8 @@ class Snapshot:
     verifier: Verifier
     forwarder: Forwarder
     resource_metadata_url: str
+    public_scheme: bytes
+    public_host: bytes
     in_flight: int = 0
     retired: bool = False
     _on_idle: list[Callable[[], None]] = field(default_factory=list)
@@ -108,6 +110,7 @@ def build_snapshot(
             leeway=config.proxy.clock_leeway,
             max_token_bytes=config.proxy.max_token_bytes,
         )
+    public = urlsplit(config.proxy.public_url)
     return Snapshot(
         config=config,
         routes=RouteTable.from_config(config),
@@ -115,6 +118,8 @@ def build_snapshot(
         verifier=verifier,
         forwarder=forwarder,
         resource_metadata_url=resource_metadata_url(config.proxy.public_url),
+        public_scheme=public.scheme.encode("ascii"),
+        public_host=public.netloc.encode("idna"),
     )
 
 

@@ -93,11 +93,19 @@ def continue_or_start(traceparent: bytes | None, tracestate: bytes | None) -> Tr
     The sampled bit of a continued trace is kept, so upstream tracers respect the caller's decision; a trace
     we start is sampled ("01", see `_FLAGS_STARTED`). `tracestate` is passed through unchanged with a valid
     traceparent and dropped otherwise: "Tracestate Header" says a vendor that failed to parse traceparent
-    MUST NOT parse tracestate. An empty tracestate is dropped too (vendors SHOULD avoid sending one).
+    MUST NOT parse tracestate. An empty, oversized (> 512) or non-ASCII tracestate is dropped too.
     """
     parsed = _parse(traceparent) if traceparent else None
     span_id = _new_id(8, _ZERO_SPAN_ID_STR)
     if parsed is None:
         return TraceContext(_new_id(16, _ZERO_TRACE_ID_STR), span_id, _FLAGS_STARTED, None)
     trace_id, flags = parsed
+    if tracestate is not None and (len(tracestate) > _TRACESTATE_MAX or tracestate.translate(None, _TRACESTATE_CHARS)):
+        # "Tracestate Limits": 512 characters must propagate; past that, or with bytes no list-member may hold
+        # (controls, obs-text), it is dropped whole rather than relayed to the upstream as sent.
+        tracestate = None
     return TraceContext(trace_id, span_id, flags, tracestate or None)
+
+
+_TRACESTATE_MAX = 512
+_TRACESTATE_CHARS = bytes(range(0x20, 0x7F)) + b"\t"

@@ -35,7 +35,49 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("tollbooth.proxy")
 
 _WELL_KNOWN = "/.well-known/oauth-protected-resource"
-_WELL_KNOWN_BYTES = _WELL_KNOWN.encode()
+
+
+class RequestHead:
+    """What the pipeline reads from the request's header section, in one pass, and any framing problem."""
+
+    __slots__ = ("traceparent", "tracestate", "request_id", "content_length", "chunked", "problem")
+
+    def __init__(self) -> None:
+        self.traceparent: bytes | None = None
+        self.tracestate: bytes | None = None
+        self.request_id: bytes | None = None
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.problem: str | None = None
+
+
+def scan_head(headers: list[tuple[bytes, bytes]], http_version: str) -> RequestHead:
+    head = RequestHead()
+    hosts = 0
+    for name, value in headers:
+        if name == b"traceparent":
+            # Trace Context §3.2: two traceparent headers are invalid (b"" never parses: a new trace starts).
+            head.traceparent = b"" if head.traceparent is not None else value
+        elif name == b"tracestate":
+            # Trace Context §3.3: several tracestate headers are one list, joined in order.
+            head.tracestate = value if head.tracestate is None else head.tracestate + b"," + value
+        elif name == b"x-request-id":
+            # Two ids are no id: b"" is malformed, so a fresh one is made.
+            head.request_id = b"" if head.request_id is not None else value
+        elif name == b"content-length":
+            head.content_length = value
+        elif name == b"transfer-encoding":
+            # RFC 9112 §6.3: a request whose final coding is not chunked cannot be framed. The server's parser
+            # notices only after the app has started, so refuse here, before anything goes upstream.
+            if value.strip().lower() != b"chunked" or head.chunked:
+                head.problem = "unsupported Transfer-Encoding: only a single chunked coding is accepted"
+            head.chunked = True
+        elif name == b"host":
+            hosts += 1
+    if hosts != 1 and http_version == "1.1":
+        # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without exactly one Host.
+        head.problem = "an HTTP/1.1 request needs exactly one Host header"
+    return head
 
 
 class Crossing:
@@ -73,22 +115,9 @@ class ProxyApp:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         snap = self._live()
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        traceparent = tracestate = incoming_request_id = None
-        content_length: bytes | None = None
-        for name, value in headers:
-            if name == b"traceparent":
-                # Trace Context §3.2: two traceparent headers are invalid (b"" never parses: a new trace starts).
-                traceparent = b"" if traceparent is not None else value
-            elif name == b"tracestate":
-                # Trace Context §3.3: several tracestate headers are one list, joined in order.
-                tracestate = value if tracestate is None else tracestate + b"," + value
-            elif name == b"x-request-id":
-                incoming_request_id = value
-            elif name == b"content-length":
-                content_length = value
-        trace = continue_or_start(traceparent, tracestate)
-        request_id = request_id_from(incoming_request_id)
+        head = scan_head(scope["headers"], scope.get("http_version", "1.1"))
+        trace = continue_or_start(head.traceparent, head.tracestate)
+        request_id = request_id_from(head.request_id)
         client = scope.get("client")
         method: str = scope["method"]
         # Only the bytes on the wire: a server that gives no raw_path offers an already-decoded path, which
@@ -106,7 +135,7 @@ class ProxyApp:
         crossing = Crossing(event, trace, request_id, started)
         snap.enter()
         try:
-            await self._cross(snap, scope, receive, send, crossing, raw_path, content_length)
+            await self._cross(snap, scope, receive, send, crossing, raw_path, head)
         finally:
             snap.exit()
             self._finish(crossing)
@@ -119,17 +148,20 @@ class ProxyApp:
         send: Send,
         crossing: Crossing,
         raw_path: bytes,
-        content_length: bytes | None,
+        head: RequestHead,
     ) -> None:
         event = crossing.event
         method = event.method
-        if raw_path.startswith(_WELL_KNOWN_BYTES) and method in ("GET", "HEAD"):
-            await self._metadata(snap, raw_path, send, crossing)
+        if head.problem is not None:
+            await self._deny(send, crossing, 400, "invalid_request", head.problem, reason="bad_request")
             return
         try:
             path = normalize_path(raw_path)
         except PathRejected as exc:
             await self._deny(send, crossing, 400, "invalid_request", exc.reason, reason="path_rejected")
+            return
+        if path.startswith(_WELL_KNOWN) and method in ("GET", "HEAD"):
+            await self._metadata(snap, path, send, crossing)
             return
         # identify
         principal: Principal | None = None
@@ -186,6 +218,7 @@ class ProxyApp:
             return
         # Content-Length over the limit is refused before any byte goes upstream.
         limit = snap.config.proxy.max_body_bytes
+        content_length = head.content_length
         if content_length is not None:
             try:
                 declared = int(content_length)
@@ -217,7 +250,8 @@ class ProxyApp:
             trace=crossing.trace,
             request_id=crossing.request_id,
             client_ip=client[0] if client else "",
-            scheme=scope.get("scheme", "http"),
+            public_scheme=snap.public_scheme,
+            public_host=snap.public_host,
             upstream_host=upstream.host,
             trust_forwarded=snap.config.proxy.trust_forwarded_for,
         )
@@ -236,7 +270,7 @@ class ProxyApp:
             send,
             crossing,
             limit,
-            has_body=content_length is not None or _has_chunked_body(scope["headers"]),
+            has_body=content_length is not None or head.chunked,
         )
 
     async def _forward(
@@ -329,9 +363,9 @@ class ProxyApp:
         finally:
             await response.aclose()
 
-    async def _metadata(self, snap: Snapshot, raw_path: bytes, send: Send, crossing: Crossing) -> None:
+    async def _metadata(self, snap: Snapshot, path: str, send: Send, crossing: Crossing) -> None:
         """RFC 9728 protected resource metadata, root and path-inserted forms (§3.1)."""
-        resource = metadata_resource_for(snap.config.proxy.public_url, raw_path.decode("latin-1"))
+        resource = metadata_resource_for(snap.config.proxy.public_url, path)
         crossing.event.route = "oauth-protected-resource"
         if resource is None:
             await self._deny(
@@ -424,10 +458,6 @@ def _record_principal(event: AuditEvent, principal: Principal) -> None:
     event.delegation = ",".join(principal.delegation)
     event.granted_scopes = " ".join(sorted(principal.scopes))
     event.jti = principal.jti
-
-
-def _has_chunked_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(name == b"transfer-encoding" for name, _ in headers)
 
 
 class ClientDisconnected(Exception):

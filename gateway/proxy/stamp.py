@@ -36,6 +36,10 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"x-http-method-override",
     b"x-http-method",
     b"x-method-override",
+    # Path overrides: IIS, Symfony and Zend route by these, which would reach a path the authorizer never saw.
+    b"x-original-url",
+    b"x-original-uri",
+    b"x-rewrite-url",
     b"traceparent",
     b"tracestate",
     b"x-request-id",
@@ -43,21 +47,23 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"expect",
 }
 # Headers describing the client's view of the connection: read, then rewritten by the gateway (with Host).
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+# Every X-Forwarded-* counts (-Port, -Prefix, -Ssl, ...), and so do the client-address headers that upstreams
+# log or rate-limit by: from an untrusted caller, each would let it choose what the upstream believes.
+_FORWARDED_PREFIX = b"x-forwarded-"
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip", b"true-client-ip",
+     b"x-client-ip"}
+)
 _REQUEST_OWNED = _REQUEST_DROP | _FORWARDED | {b"host"}
 
 # Dropped from upstream responses besides hop-by-hop: the gateway sets its own (DESIGN.md: echoed to the agent).
-_RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id", b"traceparent"}
+# The upstream's Date goes too: the server adds its own to every response, and two Date fields are invalid.
+_RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id", b"traceparent", b"date"}
 
 # Request ids we keep: 1-128 of [A-Za-z0-9._:-]. Enough for UUIDs, ULIDs and "svc:123" styles, and free of
 # anything that could split a header, a log line or an audit field.
 _REQUEST_ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 _REQUEST_ID_MAX = 128
-
-# RFC 9110 §7.2 Host = uri-host [ ":" port ], restricted to what DNS names, IPv4 and bracketed IPv6 literals use:
-# no comma, so X-Forwarded-Host stays a one-element list.
-_HOST_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_:[]"
-_HOST_MAX = 255
 
 # identity_header_value: visible ASCII (RFC 9110 §5.5 VCHAR) passes, except '%' (the escape itself), ',' (list
 # separator, RFC 9110 §5.6.1) and '"' '\' (quoted-string delimiters, RFC 9110 §5.6.4, which list parsers honour).
@@ -116,10 +122,6 @@ def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]
     return frozenset(named)
 
 
-def _well_formed_host(value: bytes) -> bool:
-    return 0 < len(value) <= _HOST_MAX and not value.translate(None, _HOST_CHARS)
-
-
 # A token is used for many requests and a route name for millions: encode each once. Bounded, so a stream of
 # fresh tokens only recycles entries; keyed on the frozen Principal, whose equality ignores `claims`.
 @lru_cache(maxsize=4096)
@@ -152,7 +154,8 @@ def upstream_request_headers(
     trace: TraceContext,
     request_id: str,
     client_ip: str,
-    scheme: str,
+    public_scheme: bytes,
+    public_host: bytes,
     upstream_host: bytes,
     trust_forwarded: bool = False,
 ) -> list[tuple[bytes, bytes]]:
@@ -167,26 +170,27 @@ def upstream_request_headers(
     Host (`upstream_host`), the injected credentials, identity (only with a principal: a public route without
     a token gets X-Tollbooth-Route alone), traceparent, tracestate, X-Request-Id and the forwarding headers.
 
-    Forwarding: without `trust_forwarded` the caller's X-Forwarded-*/Forwarded are dropped and ours describe
-    the hop we saw: X-Forwarded-For = `client_ip`, X-Forwarded-Proto = `scheme`, X-Forwarded-Host = the Host
-    the caller sent (when there is exactly one and it is well-formed). With it, the caller is a trusted proxy:
-    our hop is appended to its X-Forwarded-For, and its X-Forwarded-Proto/-Host/Forwarded are kept (ours fill
-    in only when it sent none).
+    Forwarding: without `trust_forwarded` the caller's X-Forwarded-*, Forwarded and client-address headers
+    (X-Real-IP, True-Client-IP, X-Client-IP) are dropped and ours describe the hop we saw: X-Forwarded-For =
+    `client_ip`; X-Forwarded-Proto and X-Forwarded-Host = the scheme and authority of proxy.public_url, never
+    the caller's Host, so an agent cannot steer the links an upstream builds (host-header poisoning). With
+    it, the caller is a trusted proxy: our hop is appended to its X-Forwarded-For, and its other forwarding
+    headers are kept (ours fill in only when it sent none).
 
     Names are matched case-insensitively (RFC 9110 §5.1); kept headers go out as they came.
     """
     named = connection_named(incoming)
     replaced = {name.lower() for name, _ in injected}
     kept: Headers = [(b"host", upstream_host)]
-    hosts: list[bytes] = []
     forwarded: Headers = []
     for header in incoming:
         # ASGI servers lower-case names, but a name in another case must not slip past the policy.
         name = header[0].lower()
-        if name in _REQUEST_OWNED:
-            if name == b"host":
-                hosts.append(header[1])
-            elif name in _FORWARDED:
+        if b"_" in name:
+            # CGI, WSGI and PHP servers read X_Tollbooth_Agent as X-Tollbooth-Agent: judge it as they will.
+            name = name.replace(b"_", b"-")
+        if name in _REQUEST_OWNED or name.startswith(_FORWARDED_PREFIX):
+            if name in _FORWARDED or name.startswith(_FORWARDED_PREFIX):
                 forwarded.append((name, header[1]))
         elif not (name in named or name in replaced or name.startswith(_TOLLBOOTH_PREFIX)):
             kept.append(header)
@@ -199,28 +203,25 @@ def upstream_request_headers(
     if trace.tracestate is not None:
         kept.append((b"tracestate", trace.tracestate))
     kept.append((b"x-request-id", request_id.encode("ascii")))
-    # Exactly one Host (RFC 9112 §3.2), well-formed, or X-Forwarded-Host would relay junk.
-    host = hosts[0] if len(hosts) == 1 and _well_formed_host(hosts[0]) else None
     ours_for = client_ip.encode("ascii")
     if trust_forwarded:
-        kept += _trusted_forwarding_headers(forwarded, ours_for=ours_for, scheme=scheme, host=host)
+        kept += _trusted_forwarding_headers(forwarded, ours_for=ours_for, scheme=public_scheme, host=public_host)
     else:
         kept.append((b"x-forwarded-for", ours_for))
-        kept.append((b"x-forwarded-proto", scheme.encode("ascii")))
-        if host is not None:
-            kept.append((b"x-forwarded-host", host))
+        kept.append((b"x-forwarded-proto", public_scheme))
+        kept.append((b"x-forwarded-host", public_host))
     return kept
 
 
-def _trusted_forwarding_headers(forwarded: Headers, *, ours_for: bytes, scheme: str, host: bytes | None) -> Headers:
+def _trusted_forwarding_headers(forwarded: Headers, *, ours_for: bytes, scheme: bytes, host: bytes) -> Headers:
     # Several X-Forwarded-For fields are one list (RFC 9110 §5.3); our hop goes last.
     chain = [value for name, value in forwarded if name == b"x-forwarded-for"]
     headers = [(b"x-forwarded-for", b", ".join([*chain, ours_for]))]
     headers += [header for header in forwarded if header[0] != b"x-forwarded-for"]
     sent = {name for name, _ in headers}
     if b"x-forwarded-proto" not in sent:
-        headers.append((b"x-forwarded-proto", scheme.encode("ascii")))
-    if b"x-forwarded-host" not in sent and host is not None:
+        headers.append((b"x-forwarded-proto", scheme))
+    if b"x-forwarded-host" not in sent:
         headers.append((b"x-forwarded-host", host))
     return headers
 

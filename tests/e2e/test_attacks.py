@@ -3,8 +3,6 @@
 Every attack that must be refused asserts two things: what the agent gets back, and that the upstream never saw the
 request. "Never saw" is checked after `Watch.forwarded()` has let the gateway settle (no request in flight, then a
 marker request pushed through to the upstream), so a request the gateway forwards late is still caught.
-
-Tests marked xfail(strict=True, reason="BUG: …") are attacks that succeed today: each reason names the fix.
 """
 
 from __future__ import annotations
@@ -560,7 +558,7 @@ def test_callers_forwarding_headers_are_replaced(gateway: Gateway, upstream: Ups
     seen = upstream.last()
     assert seen.headers_named("x-forwarded-for") == ["127.0.0.1"]
     assert seen.headers_named("x-forwarded-proto") == ["http"]
-    assert seen.headers_named("x-forwarded-host") == ["tollbooth.test"]
+    assert seen.headers_named("x-forwarded-host") == [gateway.proxy_url.removeprefix("http://")]  # public_url, not Host
     assert seen.header("forwarded") is None and seen.header("proxy-authorization") is None
     assert seen.headers_named("x-tollbooth-agent") == ["billing-bot"]
     assert seen.headers_named("x-tollbooth-subject") == ["billing-bot"]
@@ -580,12 +578,6 @@ UNDERSCORE_SPOOFS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: stamp.upstream_request_headers compares names literally, so X_Tollbooth_Agent, X_Forwarded_For, "
-    "X_HTTP_Method_Override... pass upstream, where CGI/WSGI-style servers read them as the dashed header. Fix: "
-    "normalise `_` to `-` before the policy checks (or drop every header name containing `_`, as nginx does).",
-)
 @pytest.mark.parametrize("line", UNDERSCORE_SPOOFS, ids=lambda b: b.split(b":")[0].decode())
 def test_underscore_spellings_of_gateway_headers_never_reach_upstream(
     gateway: Gateway, upstream: Upstream, line: bytes
@@ -596,12 +588,6 @@ def test_underscore_spellings_of_gateway_headers_never_reach_upstream(
     assert all(k != name for k, _ in upstream.last().headers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: stamp.py drops only X-Forwarded-For/-Proto/-Host and Forwarded, while its docstring says the "
-    "caller's X-Forwarded-* are dropped when trust_forwarded_for is off. Fix: treat every name starting "
-    "`x-forwarded-` as a forwarding header (_FORWARDED check by prefix).",
-)
 @pytest.mark.parametrize(
     "line",
     [
@@ -621,12 +607,6 @@ def test_every_x_forwarded_header_from_the_caller_is_dropped(gateway: Gateway, u
     assert upstream.last().header(line.split(b":")[0].decode()) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: X-Real-IP / True-Client-IP / X-Client-IP pass upstream, so an agent can pick the client address "
-    "that Gin, chi, Express(trust proxy) and nginx-realip upstreams log and rate-limit by, although the gateway "
-    "rewrites X-Forwarded-For for exactly that reason. Fix: add them to stamp._FORWARDED (dropped unless trusted).",
-)
 @pytest.mark.parametrize(
     "line",
     [b"X-Real-IP: 6.6.6.6", b"True-Client-IP: 6.6.6.6", b"X-Client-IP: 6.6.6.6"],
@@ -638,12 +618,6 @@ def test_client_address_headers_from_the_caller_are_dropped(gateway: Gateway, up
     assert upstream.last().header(line.split(b":")[0].decode()) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: X-Original-URL / X-Rewrite-URL pass upstream; IIS, Symfony and Zend route by them, so GET "
-    "/v1/customers/1 (authorized) + X-Original-URL: /admin reaches /admin behind the authorizer's back, like the "
-    "method-override headers already dropped. Fix: add both to stamp._REQUEST_DROP.",
-)
 @pytest.mark.parametrize(
     "line", [b"X-Original-URL: /admin/users", b"X-Rewrite-URL: /admin/users"], ids=["original", "rewrite"]
 )
@@ -663,8 +637,8 @@ def test_host_header_cannot_steer_the_upstream_host(gateway: Gateway, upstream: 
     assert response is not None and response.status == 200
     seen = upstream.last()
     assert seen.headers_named("host") == [upstream.url.removeprefix("http://")]
-    # X-Forwarded-Host relays what the caller sent (see the report: it is caller-controlled).
-    assert seen.headers_named("x-forwarded-host") == ["evil.example:443"]
+    # X-Forwarded-Host is the public URL's authority, never the caller's Host (host-header poisoning).
+    assert seen.headers_named("x-forwarded-host") == [gateway.proxy_url.removeprefix("http://")]
 
 
 @pytest.mark.parametrize(
@@ -673,7 +647,7 @@ def test_host_header_cannot_steer_the_upstream_host(gateway: Gateway, upstream: 
 def test_malformed_host_is_never_relayed_as_x_forwarded_host(gateway: Gateway, upstream: Upstream, host: bytes):
     response = send_raw(gateway.proxy_url, request(b"/v1/customers/42", bearer(gateway.mint()), host=host))
     if response is not None and response.status == 200:
-        assert upstream.last().header("x-forwarded-host") is None
+        assert upstream.last().headers_named("x-forwarded-host") == [gateway.proxy_url.removeprefix("http://")]
         assert upstream.last().headers_named("host") == [upstream.url.removeprefix("http://")]
     else:
         assert response is not None and response.status == 400
@@ -697,12 +671,6 @@ def test_unusable_request_targets_are_400_and_never_forwarded(gateway: Gateway, 
     assert watch.forwarded() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (low): RFC 9112 §3.2 says a server MUST answer 400 to an HTTP/1.1 request without Host or with "
-    "several Host lines; the gateway forwards it (stamp.py only skips X-Forwarded-Host). Fix: in ProxyApp._handle, "
-    "count `host` headers while scanning; for http_version 1.1 require exactly one, else _deny 400 invalid_request.",
-)
 @pytest.mark.parametrize(
     "headers",
     [[], [b"Host: a.example", b"Host: b.example"]],
@@ -737,13 +705,6 @@ def test_encoded_slash_in_the_query_is_forwarded_verbatim(gateway: Gateway, upst
     assert (upstream.last().raw_path, upstream.last().query) == (b"/files/a", b"next=%2F..%2Fadmin&q=%3F%23")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (low): ProxyApp._cross serves the RFC 9728 path form before normalize_path, so "
-    "GET /.well-known/oauth-protected-resource/../../x answers 200 with resource 'http://gw/../../x', a resource "
-    "the proxy itself would refuse with 400. Fix: run normalize_path on the part after the well-known prefix "
-    "(400 on PathRejected) before metadata_resource_for.",
-)
 @pytest.mark.parametrize(
     "suffix",
     [b"/../../v1/customers/1", b"/%2e%2e/admin", b"/a%0d%0ab"],
@@ -915,14 +876,6 @@ def test_malformed_header_section_is_400_and_never_forwarded(gateway: Gateway, w
     assert watch.forwarded() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: llhttp reports a request whose Transfer-Encoding does not end in chunked only after "
-    "on_headers_complete, so the app has already started forwarding: the upstream gets the head (method, path, "
-    "identity) of a request the agent was told was a 400. RFC 9112 §6.3 says 400 and close, nothing forwarded. "
-    "Fix: in ProxyApp._cross, before stamping, refuse (400 invalid_request) any transfer-encoding header whose "
-    "last comma-separated coding, stripped and lower-cased, is not exactly `chunked`, or that names any other coding.",
-)
 @pytest.mark.parametrize("coding", [b"identity", b"xchunked", b"gzip"])
 def test_transfer_encoding_that_does_not_end_in_chunked_is_never_forwarded(
     gateway: Gateway, watch: Watch, coding: bytes
@@ -970,14 +923,6 @@ def test_pipelined_requests_are_each_authorized(gateway: Gateway, watch: Watch):
     assert [(s.method, s.raw_path) for s in watch.forwarded()] == [("GET", b"/v1/customers/1")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: uvicorn's httptools protocol appends trailer fields to the same list as scope['headers'] "
-    "(on_header keeps appending after on_headers_complete), so a chunked trailer becomes a request header when "
-    "the whole request arrives in one read: it authenticates, and is forwarded as a header (RFC 9110 §6.5.1: "
-    "MUST NOT merge). Fix in serve.py: run the proxy with a HttpToolsProtocol subclass (uvicorn.Config(http=cls)) "
-    "whose on_header ignores fields once on_headers_complete ran (flag reset in on_message_begin).",
-)
 @pytest.mark.parametrize("case", ["authorization-in-trailer", "trailer-forwarded-as-header"])
 def test_chunked_trailer_fields_are_never_headers(gateway: Gateway, upstream: Upstream, case: str):
     token = gateway.mint("crm.write").encode()
@@ -1006,14 +951,6 @@ def test_chunked_trailer_fields_are_never_headers(gateway: Gateway, upstream: Up
         assert upstream.last().header("x-smuggled") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: no limit on the request header section: uvicorn's httptools protocol buffers any amount (the "
-    "h11 limit does not apply) and the gateway forwards it all, so one unauthenticated connection can make the "
-    "gateway and the upstream hold megabytes per request. Fix: a proxy.max_header_bytes (e.g. 64 KiB) and a header "
-    "count limit (e.g. 100), enforced in the HttpToolsProtocol subclass (count bytes in data_received until "
-    "on_headers_complete; answer 431 and close), with a cheap re-check in ProxyApp._handle.",
-)
 @pytest.mark.parametrize("shape", ["one-1MiB-value", "5000-headers"])
 def test_oversized_header_section_is_431_and_never_forwarded(gateway: Gateway, watch: Watch, shape: str):
     if shape == "one-1MiB-value":
@@ -1237,13 +1174,6 @@ def test_an_extra_upstream_response_never_answers_the_next_request(hostile):
         assert response is not None and response.body == b"normal"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (low): the agent gets two Date headers (uvicorn's and the upstream's); Date is a singleton field "
-    "(RFC 9110 §6.6.1). Fix: serve._uvicorn_config(date_header=False) for the proxy listener and add Date only to "
-    "the gateway's own responses (errors.error_response / metadata), or drop the upstream's Date in "
-    "stamp.downstream_response_headers.",
-)
 def test_upstream_date_is_not_duplicated(hostile):
     response, _ = _via_hostile(hostile, b"/files/date")
     assert response is not None and len(response.headers_named("date")) == 1
