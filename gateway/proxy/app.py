@@ -230,14 +230,7 @@ class ProxyApp:
                 )
                 return
             if declared > limit:
-                await self._deny(
-                    send,
-                    crossing,
-                    413,
-                    "request_too_large",
-                    f"the request body exceeds {limit} bytes",
-                    reason="body_too_large",
-                )
+                await self._body_too_large(send, crossing, limit)
                 return
         # stamp
         upstream = snap.upstreams[route.upstream]
@@ -306,15 +299,7 @@ class ProxyApp:
             crossing.status = crossing.status or 499
             event.reason = "client_disconnected"
         except BodyTooLarge:
-            await self._deny(
-                send,
-                crossing,
-                413,
-                "request_too_large",
-                f"the request body exceeds {limit} bytes",
-                reason="body_too_large",
-                started=crossing.status != 0,
-            )
+            await self._body_too_large(send, crossing, limit)
         except UpstreamError as exc:
             event.upstream_ms = (time.perf_counter() - upstream_started) * 1000
             await self._deny(
@@ -362,6 +347,17 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
+
+    async def _body_too_large(self, send: Send, crossing: Crossing, limit: int) -> None:
+        await self._deny(
+            send,
+            crossing,
+            413,
+            "request_too_large",
+            f"the request body exceeds {limit} bytes",
+            reason="body_too_large",
+            started=crossing.status != 0,
+        )
 
     async def _metadata(self, snap: Snapshot, path: str, send: Send, crossing: Crossing) -> None:
         """RFC 9728 protected resource metadata, root and path-inserted forms (§3.1)."""
