@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
-.PHONY: install run test bench lint clean redis-server bench-tools
+.PHONY: install run test bench bench-transports lint clean redis-server bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench-tools:
 
 bench: install bench-tools
 	$(BIN)/python benchmarks/proxy_bench.py
+
+# The upstream-client comparison behind gateway/proxy/forward.py (about 8 minutes).
+bench-transports: install bench-tools
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/transports.py
 
 lint: install
 	$(BIN)/ruff check gateway tests benchmarks
