@@ -81,6 +81,7 @@ def write_gateway_config(tmp: Path, upstream_port: int, name: str) -> tuple[Path
         "upstreams": {
             "crm": {"url": f"http://127.0.0.1:{upstream_port}", "headers": {"Authorization": "Bearer upstream-key"}}
         },
+        "agents": {"bench-agent": {"scopes": ["crm.read"], "max_token_ttl": "24h"}},
         "routes": [{"name": "get-customer", "methods": ["GET"], "path": "/v1/customers/{id}", "scopes": ["crm.read"]}],
     }
     path = tmp / f"{name}.yaml"
@@ -160,8 +161,9 @@ def wrk(url: str, token: str | None, connections: int, duration: int) -> tuple[f
     if "Non-2xx" in out:
         raise SystemExit(f"{url}: non-2xx answers during the benchmark:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored at line start: "+/- Stdev" columns like "89.50%" must not match the percentile table.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     return rps, p50, p99
 
 
