@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -11,6 +12,14 @@ from datetime import UTC, datetime
 
 SCHEMA_VERSION = "1"
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
+# Event ids: a random per-process prefix and a counter. Unique across processes and restarts, stable for
+# one event (a replay carries the same id), and far cheaper than a uuid4 per event.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ids = itertools.count(1)
+
+
+def _next_event_id() -> str:
+    return f"{_ID_PREFIX}-{next(_ids)}"
 
 EVENT_KINDS = frozenset(
     {
@@ -67,7 +76,9 @@ class AuditEvent:
             if value is None or value == "":
                 continue
             out[name] = f"{value:.3f}" if isinstance(value, float) else str(value)
-        out["id"] = self.id or uuid.uuid4().hex
+        if not self.id:
+            self.id = _next_event_id()
+        out["id"] = self.id
         return out
 
 

@@ -20,6 +20,8 @@ from gateway.metrics import AUDIT_EVENTS, AUDIT_QUEUE_DEPTH
 
 log = logging.getLogger("tollbooth.audit")
 
+_LINGER_SECONDS = 0.01
+
 
 class AuditSink(Protocol):
     name: str
@@ -86,6 +88,9 @@ class FileSink:
         backoff = 0.05
         while True:
             await self._wakeup.wait()
+            if not self._closing and len(self._queue) < self._batch_size:
+                # Linger a moment so a busy gateway writes a few large batches, not one thread hop per event.
+                await asyncio.sleep(_LINGER_SECONDS)
             self._wakeup.clear()
             while self._queue:
                 batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
