@@ -40,6 +40,17 @@ class AuditSink(Protocol):
         ...
 
 
+def encode_event(event: AuditEvent) -> bytes:
+    """One JSON line. Never raises: a field no JSON encoder accepts (a lone surrogate) is escaped, not fatal,
+    because one bad event must not stop the writer that every later event depends on."""
+    fields = event.to_fields()
+    try:
+        return orjson.dumps(fields) + b"\n"
+    except TypeError:
+        clean = {k: v.encode("utf-8", "backslashreplace").decode("utf-8") for k, v in fields.items()}
+        return orjson.dumps(clean) + b"\n"
+
+
 class FileSink:
     """Appends events as JSON lines, in batches, from a background task; the write itself runs in a thread."""
 
@@ -58,12 +69,14 @@ class FileSink:
 
     @property
     def healthy(self) -> bool:
-        return not self._failing and len(self._queue) < self._queue_size
+        running = self._task is not None and not self._task.done()
+        return running and not self._failing and len(self._queue) < self._queue_size
 
     def emit(self, event: AuditEvent) -> bool:
         if self._closing or len(self._queue) >= self._queue_size:
             AUDIT_EVENTS.labels(self.name, "failed").inc()
-            log.error("audit queue full: event %s for request %s not accepted", event.event, event.request_id)
+            why = "the sink is closing" if self._closing else "the queue is full"
+            log.error("audit event %s for request %s not accepted: %s", event.event, event.request_id, why)
             return False
         self._queue.append(event)
         if not self._wakeup.is_set():
@@ -94,7 +107,7 @@ class FileSink:
             self._wakeup.clear()
             while self._queue:
                 batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
-                data = b"".join(orjson.dumps(e.to_fields()) + b"\n" for e in batch)
+                data = b"".join([encode_event(e) for e in batch])
                 try:
                     await asyncio.to_thread(self._write, data)
                 except OSError as exc:

@@ -144,10 +144,19 @@ def verify_signature(token: str, alg: str, key: SigningKey) -> dict[str, Any]:
 
 def _identifier(claims: dict[str, Any], name: str) -> str:
     value = claims[name]
-    # These end up in X-Tollbooth-* headers and audit fields: no control characters (header injection).
-    if not isinstance(value, str) or not value or _CONTROL.search(value):
+    # These end up in X-Tollbooth-* headers and audit fields: no control characters (header injection), and
+    # text that is valid Unicode (a JSON "\ud800" escape decodes to a lone surrogate no UTF-8 writer accepts).
+    if not isinstance(value, str) or not value or _CONTROL.search(value) or not _is_utf8_encodable(value):
         raise InvalidToken("bad_claim", f"The access token's {name} claim is not a valid identifier")
     return value
+
+
+def _is_utf8_encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float:

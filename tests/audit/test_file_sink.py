@@ -89,3 +89,29 @@ def test_unwritable_file_keeps_events_queued_and_reports_unhealthy(tmp_path: Pat
 
     asyncio.run(scenario())
     assert [line["request_id"] for line in read(tmp_path / "a.jsonl")] == ["req-1"]
+
+
+def test_an_unencodable_field_is_escaped_and_the_writer_lives_on(tmp_path: Path):
+    async def scenario() -> bool:
+        sink = FileSink(tmp_path / "a.jsonl")
+        await sink.start()
+        sink.emit(event(1, subject="user-\ud800"))
+        sink.emit(event(2))
+        await sink.aclose()
+        return sink._task is not None and sink._task.exception() is None
+
+    assert asyncio.run(scenario())
+    lines = read(tmp_path / "a.jsonl")
+    assert [line["request_id"] for line in lines] == ["req-1", "req-2"]
+    assert lines[0]["subject"] == "user-\\ud800"
+
+
+def test_a_sink_whose_writer_stopped_is_unhealthy(tmp_path: Path):
+    async def scenario() -> bool:
+        sink = FileSink(tmp_path / "a.jsonl")
+        await sink.start()
+        assert sink.healthy
+        await sink.aclose()
+        return sink.healthy
+
+    assert asyncio.run(scenario()) is False
