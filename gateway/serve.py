@@ -31,7 +31,7 @@ from gateway.issuer.keys import KeyStore, KeyStoreError, SigningKey
 from gateway.proxy.app import ProxyApp
 from gateway.proxy.protocol import guarded_protocol
 from gateway.reload import ConfigWatcher
-from gateway.snapshot import Snapshot, build_snapshot, retire_snapshot
+from gateway.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
 from gateway.state import RevocationList
 
 log = logging.getLogger("tollbooth")
@@ -86,6 +86,7 @@ class Gateway:
     audit: AuditSink
     revocations: RevocationList = field(default_factory=RevocationList)
     snapshot: Snapshot | None = None
+    leases: Leases = field(default_factory=Leases)
 
     def current(self) -> Snapshot:
         assert self.snapshot is not None
@@ -94,7 +95,11 @@ class Gateway:
     def apply(self, loaded: LoadedConfig) -> None:
         previous = self.snapshot
         self.snapshot = build_snapshot(
-            loaded.config, keys=self.verification_keys, revocations=self.revocations, previous=previous
+            loaded.config,
+            keys=self.verification_keys,
+            revocations=self.revocations,
+            leases=self.leases,
+            previous=previous,
         )
         self.loaded = loaded
         if previous is not None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import Config, UpstreamConfig
@@ -51,6 +52,49 @@ def _verifier_inputs(config: Config) -> tuple[object, ...]:
     )
 
 
+class Leases:
+    """How many in-flight requests use each shared part (a forwarder, a verifier), across all snapshots.
+
+    Parts are shared between consecutive snapshots when their config did not change, so "the old snapshot
+    is idle" says nothing about its parts: a request that entered two reloads ago may still be using them.
+    A retired part is closed when its own count reaches zero.
+    """
+
+    def __init__(self) -> None:
+        self._users: dict[object, int] = {}
+        self._retired: dict[object, Callable[[], Coroutine[Any, Any, None]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def take(self, parts: tuple[object, ...]) -> None:
+        users = self._users
+        for part in parts:
+            users[part] = users.get(part, 0) + 1
+
+    def give_back(self, parts: tuple[object, ...]) -> None:
+        users = self._users
+        for part in parts:
+            left = users[part] - 1
+            if left:
+                users[part] = left
+            else:
+                del users[part]
+                closer = self._retired.pop(part, None)
+                if closer is not None:
+                    self._close(closer)
+
+    def retire(self, part: object, closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._users.get(part):
+            self._retired[part] = closer
+        else:
+            self._close(closer)
+
+    def _close(self, closer: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(closer())
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
 @dataclass(eq=False)
 class Snapshot:
     config: Config
@@ -61,29 +105,17 @@ class Snapshot:
     resource_metadata_url: str
     public_scheme: bytes
     public_host: bytes
-    in_flight: int = 0
-    retired: bool = False
-    _on_idle: list[Callable[[], None]] = field(default_factory=list)
+    leases: Leases
+    parts: tuple[object, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.parts = (self.forwarder, self.verifier)
 
     def enter(self) -> None:
-        self.in_flight += 1
+        self.leases.take(self.parts)
 
     def exit(self) -> None:
-        self.in_flight -= 1
-        if self.retired and self.in_flight == 0:
-            self._idle()
-
-    def retire(self, on_idle: Callable[[], None]) -> None:
-        """Run `on_idle` once no request uses this snapshot any more (at once when none does)."""
-        self.retired = True
-        self._on_idle.append(on_idle)
-        if self.in_flight == 0:
-            self._idle()
-
-    def _idle(self) -> None:
-        callbacks, self._on_idle = self._on_idle, []
-        for callback in callbacks:
-            callback()
+        self.leases.give_back(self.parts)
 
 
 def build_snapshot(
@@ -91,6 +123,7 @@ def build_snapshot(
     *,
     keys: Callable[[], dict[str, SigningKey]],
     revocations: RevocationList,
+    leases: Leases,
     previous: Snapshot | None = None,
 ) -> Snapshot:
     """Compile a validated config into a Snapshot, reusing `previous`'s pools and caches where unchanged."""
@@ -120,28 +153,13 @@ def build_snapshot(
         resource_metadata_url=resource_metadata_url(config.proxy.public_url),
         public_scheme=public.scheme.encode("ascii"),
         public_host=public.netloc.encode("idna"),
+        leases=leases,
     )
 
 
 def retire_snapshot(old: Snapshot, new: Snapshot) -> None:
-    """Close what `old` owned and `new` does not share, once `old`'s last request is done."""
-    closers = []
+    """Close the parts of `old` that `new` does not share, once no request in flight uses them."""
     if old.forwarder is not new.forwarder:
-        closers.append(old.forwarder.aclose)
+        old.leases.retire(old.forwarder, old.forwarder.aclose)
     if old.verifier is not new.verifier:
-        closers.append(old.verifier.aclose)
-    if not closers:
-        return
-    loop = asyncio.get_running_loop()
-
-    def close_all() -> None:
-        for closer in closers:
-            task = loop.create_task(closer())
-            # The loop keeps only weak references to tasks: hold them until they finish.
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-
-    old.retire(close_all)
-
-
-_closing: set[asyncio.Task[None]] = set()
+        old.leases.retire(old.verifier, old.verifier.aclose)

@@ -131,11 +131,6 @@ def test_a_lone_surrogate_in_a_signed_claim_is_refused_and_the_audit_writer_live
 # --- hot reload ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: retire_snapshot closes a forwarder when the *latest* snapshot using it goes idle, while an older "
-    "snapshot that shares it still has requests in flight (RuntimeError 'the forwarder is closed' → 500)",
-)
 def test_a_request_on_an_older_snapshot_survives_two_reloads(slow_upstream: Upstream, tmp_path: Path):
     # S1 and S2 share forwarder F1 (only the routes changed), S3 gets F3 (the upstream changed). retire(S1→S2) closes
     # nothing (F1 is shared); retire(S2→S3) closes F1 as soon as S2 is idle, and S2 never had a request. A request
