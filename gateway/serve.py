@@ -200,10 +200,14 @@ async def run_gateway(
     loop = asyncio.get_running_loop()
 
     def stop(signum: int) -> None:
-        log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
+        # Only a second Ctrl-C forces: a repeated SIGTERM (a process group signalled twice, an impatient
+        # script) must not cut off in-flight requests; orchestrators escalate with SIGKILL anyway.
+        force = signum == signal.SIGINT and any(server.should_exit for server, _ in servers)
+        log.info(
+            "received %s: %s", signal.Signals(signum).name, "stopping now" if force else "finishing in-flight requests"
+        )
         for server, _ in servers:
-            if server.should_exit:
-                server.force_exit = True
+            server.force_exit = server.force_exit or force
             server.should_exit = True
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -242,7 +246,10 @@ def run_workers(argv: list[str], workers: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="tollbooth-metrics-")
     env = dict(os.environ, TOLLBOOTH_REUSE_PORT="1", PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     children = [
-        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env) for _ in range(workers)
+        # A process group of their own: a terminal's Ctrl-C or systemd's group-wide SIGTERM reaches the workers
+        # once, through us, rather than twice.
+        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env, process_group=0)
+        for _ in range(workers)
     ]
 
     stopping = False

@@ -226,11 +226,6 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: run_workers re-sends SIGTERM to children that already got it from the process group (systemd "
-    "KillMode=control-group, Ctrl-C); serve.stop() treats the 2nd signal as force_exit and drops in-flight requests",
-)
 def test_workers_drain_in_flight_requests_when_the_whole_group_gets_sigterm(slow_upstream: Upstream, tmp_path: Path):
     proxy, admin = free_port(), free_port()
     config = {
