@@ -29,7 +29,7 @@ from gateway.config import LoadedConfig, ProxyConfig
 from gateway.issuer.app import issuer_app
 from gateway.issuer.keys import KeyStore, KeyStoreError, SigningKey
 from gateway.proxy.app import ProxyApp
-from gateway.proxy.protocol import guarded_protocol
+from gateway.proxy.protocol import OnRefuse, guarded_protocol
 from gateway.reload import ConfigWatcher
 from gateway.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
 from gateway.state import RevocationList
@@ -61,10 +61,12 @@ def _bind(listen: str, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: object, *, graceful_seconds: float, proxy: ProxyConfig) -> uvicorn.Config:
+def _uvicorn_config(
+    app: object, *, graceful_seconds: float, proxy: ProxyConfig, on_refuse: OnRefuse | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http=guarded_protocol(proxy.max_header_bytes, proxy.max_headers),
+        http=guarded_protocol(proxy.max_header_bytes, proxy.max_headers, on_refuse),
         loop="none",
         lifespan="off",
         access_log=False,
@@ -182,8 +184,9 @@ async def run_gateway(
     gateway.apply(loaded)
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
+    proxy_app = ProxyApp(gateway.current, audit)
     apps: dict[str, tuple[object, str]] = {
-        "proxy": (ProxyApp(gateway.current, audit), config.proxy.listen),
+        "proxy": (proxy_app, config.proxy.listen),
         "issuer": (issuer_app(lambda: gateway.keys), config.issuer.listen),
         "admin": (admin_app(await gateway.readiness()), config.admin.listen),
     }
@@ -192,9 +195,10 @@ async def run_gateway(
         if name in selected:
             app, listen = apps[name]
             sock = _bind(listen, reuse_port=reuse_port)
-            servers.append(
-                (QuietServer(_uvicorn_config(app, graceful_seconds=graceful_seconds, proxy=config.proxy)), sock)
-            )
+            # Requests the HTTP layer refuses at the proxy are crossings too: audit them.
+            on_refuse = proxy_app.record_refusal if name == "proxy" else None
+            uv_config = _uvicorn_config(app, graceful_seconds=graceful_seconds, proxy=config.proxy, on_refuse=on_refuse)
+            servers.append((QuietServer(uv_config), sock))
             log.info("%s listening on %s", name, listen)
 
     loop = asyncio.get_running_loop()

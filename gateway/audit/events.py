@@ -21,6 +21,7 @@ _ids = itertools.count(1)
 def _next_event_id() -> str:
     return f"{_ID_PREFIX}-{next(_ids)}"
 
+
 EVENT_KINDS = frozenset(
     {
         "access",

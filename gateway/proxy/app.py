@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -51,7 +51,7 @@ class RequestHead:
         self.problem: str | None = None
 
 
-def scan_head(headers: list[tuple[bytes, bytes]], http_version: str) -> RequestHead:
+def scan_head(headers: Iterable[tuple[bytes, bytes]], http_version: str) -> RequestHead:
     head = RequestHead()
     hosts = 0
     for name, value in headers:
@@ -103,8 +103,11 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                # WebSocket upgrades are not proxied: refuse before accepting.
+                # WebSocket upgrades are not proxied: refuse before accepting (the server answers 403).
                 await send({"type": "websocket.close", "code": 1008})
+                self.record_refusal(
+                    scope.get("client"), scope.get("raw_path") or b"", 403, "websocket_not_supported", scope["headers"]
+                )
             return
         IN_FLIGHT.inc()
         try:
@@ -433,6 +436,31 @@ class ProxyApp:
         )
         await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    def record_refusal(
+        self,
+        client: tuple[str, int] | None,
+        raw_target: bytes,
+        status: int,
+        reason: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Audit a request refused before the pipeline ran (by the HTTP layer: 400, 431; or a WebSocket 403)."""
+        head = scan_head(headers, "1.1")
+        trace = continue_or_start(head.traceparent, head.tracestate)
+        event = AuditEvent(
+            event="access",
+            ts=time.time(),
+            request_id=request_id_from(head.request_id),
+            trace_id=trace.trace_id,
+            client_ip=client[0] if client else "",
+            path=raw_target[:1024].decode("latin-1"),
+            decision="deny",
+            reason=reason,
+        )
+        crossing = Crossing(event, trace, event.request_id, time.perf_counter())
+        crossing.status = status
+        self._finish(crossing)
 
     def _finish(self, crossing: Crossing) -> None:
         event = crossing.event

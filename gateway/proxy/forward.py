@@ -104,9 +104,29 @@ class _Connection(asyncio.Protocol):
     """One upstream HTTP/1.1 connection; one request at a time, driven by the task that holds it."""
 
     __slots__ = (
-        "_pool", "_loop", "_parser", "_parser_spent", "transport", "_waiter", "_headers", "status",
-        "_chunks", "_buffered", "_reading_paused", "_writing_paused", "_head", "_framed", "_started",
-        "headers_complete", "complete", "keep_alive", "broken", "closed", "error", "idle_since", "in_pool",
+        "_pool",
+        "_loop",
+        "_parser",
+        "_parser_spent",
+        "transport",
+        "_waiter",
+        "_headers",
+        "status",
+        "_chunks",
+        "_buffered",
+        "_reading_paused",
+        "_writing_paused",
+        "_head",
+        "_framed",
+        "_started",
+        "headers_complete",
+        "complete",
+        "keep_alive",
+        "broken",
+        "closed",
+        "error",
+        "idle_since",
+        "in_pool",
     )
 
     def __init__(self, pool: _Pool) -> None:
@@ -395,7 +415,10 @@ class _Pool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None,
                 )
         except TimeoutError:

@@ -8,6 +8,8 @@ request that had none (RFC 9110 §6.5.1: trailers are not headers).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -15,8 +17,15 @@ class HeadTooLarge(Exception):
     """The request line and header section exceed the configured limits."""
 
 
-def guarded_protocol(max_header_bytes: int, max_headers: int) -> type[HttpToolsProtocol]:
-    """An HttpToolsProtocol class answering 431 past the limits and ignoring trailer fields."""
+# Called for a request the HTTP layer refuses before any app runs: (client, target so far, status, reason).
+OnRefuse = Callable[[tuple[str, int] | None, bytes, int, str], None]
+
+
+def guarded_protocol(
+    max_header_bytes: int, max_headers: int, on_refuse: OnRefuse | None = None
+) -> type[HttpToolsProtocol]:
+    """An HttpToolsProtocol class answering 431 past the limits, ignoring trailer fields, and reporting refusals
+    (431 here, 400 for what llhttp cannot parse) to `on_refuse`, so they are audited like any other request."""
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def on_message_begin(self) -> None:
@@ -55,10 +64,14 @@ def guarded_protocol(max_header_bytes: int, max_headers: int) -> type[HttpToolsP
                 b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
             )
             self.transport.close()
+            if on_refuse is not None:
+                on_refuse(self.client, self.url, 431, "header_too_large")
             raise HeadTooLarge(reason)
 
         def send_400_response(self, msg: str) -> None:
             if not getattr(self, "_head_refused", False):
                 super().send_400_response(msg)
+                if on_refuse is not None:
+                    on_refuse(self.client, getattr(self, "url", b""), 400, "malformed_request")
 
     return GuardedHttpToolsProtocol

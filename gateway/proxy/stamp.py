@@ -51,8 +51,15 @@ _REQUEST_DROP = HOP_BY_HOP | {
 # log or rate-limit by: from an untrusted caller, each would let it choose what the upstream believes.
 _FORWARDED_PREFIX = b"x-forwarded-"
 _FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip", b"true-client-ip",
-     b"x-client-ip"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+    }
 )
 _REQUEST_OWNED = _REQUEST_DROP | _FORWARDED | {b"host"}
 

@@ -176,11 +176,6 @@ def test_a_request_on_an_older_snapshot_survives_two_reloads(slow_upstream: Upst
 # --- answers the protocol layer gives: are they audited? ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 431 from GuardedHttpToolsProtocol._refuse is written to the socket before any app runs: "
-    "no audit event, no metric, for a refusal the gateway itself decided",
-)
 def test_a_431_refusal_is_audited(gateway: Gateway):
     probe = "/v1/customers/431-probe-" + uuid.uuid4().hex[:8]
     data = _exchange(
@@ -192,11 +187,6 @@ def test_a_431_refusal_is_audited(gateway: Gateway):
     assert any(e.get("path") == probe and e.get("status") == "431" for e in gateway.audit_events())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ProxyApp.__call__ answers a websocket scope with websocket.close (403) and returns before "
-    "_handle: the refusal gets no audit event, no metric and no request id",
-)
 def test_a_refused_websocket_upgrade_is_audited(gateway: Gateway):
     marker = "ws-" + uuid.uuid4().hex
     data = _exchange(
