@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,6 +220,9 @@ async def run_gateway(
         asyncio.create_task(watcher.run(), name="config-watcher"),
         asyncio.create_task(gateway.watch_keys(reload_interval), name="keys-watcher"),
     ]
+    parent = os.environ.get("TOLLBOOTH_PARENT_PID")
+    if parent:
+        watch_tasks.append(asyncio.create_task(_stop_when_orphaned(int(parent), stop), name="parent-watch"))
     serving = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
     if ready is not None:
         # The sockets are bound and listening already: connections wait in the backlog until accepted.
@@ -235,6 +238,15 @@ async def run_gateway(
         log.info("stopped")
 
 
+async def _stop_when_orphaned(parent: int, stop: Callable[[int], None]) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of serving on, unsupervised."""
+    # Polled: no portable event announces a parent's death (PR_SET_PDEATHSIG is Linux-only).
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await asyncio.sleep(1.0)
+    log.error("the supervising process %d is gone: stopping this worker", parent)
+    stop(signal.SIGTERM)
+
+
 def _listing(keys_dir: Path) -> tuple[tuple[str, int], ...]:
     try:
         return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in keys_dir.iterdir() if p.suffix == ".pem"))
@@ -248,7 +260,12 @@ def run_workers(argv: list[str], workers: int) -> int:
     The workers share a Prometheus multiprocess directory so that any of them answers /metrics for all.
     """
     metrics_dir = tempfile.mkdtemp(prefix="tollbooth-metrics-")
-    env = dict(os.environ, TOLLBOOTH_REUSE_PORT="1", PROMETHEUS_MULTIPROC_DIR=metrics_dir)
+    env = dict(
+        os.environ,
+        TOLLBOOTH_REUSE_PORT="1",
+        PROMETHEUS_MULTIPROC_DIR=metrics_dir,
+        TOLLBOOTH_PARENT_PID=str(os.getpid()),
+    )
     children = [
         # A process group of their own: a terminal's Ctrl-C or systemd's group-wide SIGTERM reaches the workers
         # once, through us, rather than twice.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -54,3 +55,39 @@ def test_two_workers_serve_share_metrics_and_stop_on_sigterm(upstream: Upstream,
     # Both workers append to one audit file; after the graceful stop every crossing is in it.
     events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert len([e for e in events if e.get("route") == "health"]) == 40
+
+
+def test_workers_stop_when_their_supervisor_is_killed(upstream: Upstream, tmp_path):
+    proxy = free_port()
+    config = {
+        "proxy": {"listen": f"127.0.0.1:{proxy}", "public_url": f"http://127.0.0.1:{proxy}"},
+        "issuer": {"listen": f"127.0.0.1:{free_port()}", "keys_dir": str(tmp_path / "keys")},
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "audit": {"file": str(tmp_path / "audit.jsonl")},
+        "upstreams": {"crm": {"url": upstream.url}},
+        "routes": [{"name": "health", "path": "/status", "methods": ["GET"], "public": True}],
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "t.yaml"), "--workers", "2"],
+        cwd=tmp_path,
+        stderr=open(log, "wb"),  # noqa: SIM115
+    )
+
+    def worker_pids() -> set[int]:
+        entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        return {e["pid"] for e in entries if e["msg"].startswith("proxy listening")}
+
+    pids = wait_until(lambda: len(worker_pids()) == 2 and worker_pids(), timeout=20, what="two workers")
+    process.kill()
+    process.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+    wait_until(lambda: all(gone(pid) for pid in pids), timeout=15, what="orphaned workers to stop")
