@@ -231,15 +231,14 @@ class _Connection(asyncio.Protocol):
         if self.in_pool:
             self._pool.discard_idle(self)
             return
-        if self.error is not None:
-            pass  # a parse error closed it: that is the news
-        elif self.headers_complete and not self.complete:
+        # When a parse error closed it, self.error already says why; otherwise find out how far the response got.
+        if self.error is None and self.headers_complete and not self.complete:
             if not self._framed and not self._head:
                 # RFC 9112 §6.3 (8): no Content-Length, no Transfer-Encoding: the body ends when the connection does.
                 self.complete = True
             else:
                 self.error = "closed the connection in the middle of the response body"
-        elif not self.headers_complete:
+        elif self.error is None and not self.headers_complete:
             if self._started:
                 self.error = "closed the connection in the middle of the response headers"
             else:
