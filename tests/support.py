@@ -381,3 +381,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+def write_public_route_config(tmp: Path, upstream: dict[str, Any], route: dict[str, Any]) -> tuple[Path, int, int]:
+    """A config with one public route, for tests that run `serve` themselves; returns (path, proxy, admin) ports."""
+    proxy, admin = free_port(), free_port()
+    config = {
+        "proxy": {"listen": f"127.0.0.1:{proxy}", "public_url": f"http://127.0.0.1:{proxy}"},
+        "issuer": {"listen": f"127.0.0.1:{free_port()}", "keys_dir": str(tmp / "keys")},
+        "admin": {"listen": f"127.0.0.1:{admin}"},
+        "audit": {"file": str(tmp / "audit.jsonl")},
+        "upstreams": {"crm": upstream},
+        "routes": [{**route, "public": True}],
+    }
+    path = tmp / "t.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, proxy, admin

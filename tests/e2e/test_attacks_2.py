@@ -25,7 +25,15 @@ import httpx2
 import jwt
 import pytest
 import yaml
-from support import DEFAULT_ROUTES, Gateway, Upstream, free_port, start_gateway, start_upstream, wait_until
+from support import (
+    DEFAULT_ROUTES,
+    Gateway,
+    Upstream,
+    start_gateway,
+    start_upstream,
+    wait_until,
+    write_public_route_config,
+)
 
 from gateway.issuer.keys import KeyStore
 
@@ -217,16 +225,9 @@ def _log_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def test_workers_drain_in_flight_requests_when_the_whole_group_gets_sigterm(slow_upstream: Upstream, tmp_path: Path):
-    proxy, admin = free_port(), free_port()
-    config = {
-        "proxy": {"listen": f"127.0.0.1:{proxy}", "public_url": f"http://127.0.0.1:{proxy}"},
-        "issuer": {"listen": f"127.0.0.1:{free_port()}", "keys_dir": str(tmp_path / "keys")},
-        "admin": {"listen": f"127.0.0.1:{admin}"},
-        "audit": {"file": str(tmp_path / "audit.jsonl")},
-        "upstreams": {"crm": {"url": slow_upstream.url, "timeout": "20s"}},
-        "routes": [{"name": "slow", "path": "/slow", "methods": ["GET"], "public": True}],
-    }
-    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    _, proxy, admin = write_public_route_config(
+        tmp_path, {"url": slow_upstream.url, "timeout": "20s"}, {"name": "slow", "path": "/slow", "methods": ["GET"]}
+    )
     log = tmp_path / "log"
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "t.yaml"), "--workers", "2"],

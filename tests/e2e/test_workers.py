@@ -9,21 +9,13 @@ import subprocess
 import sys
 
 import httpx2
-import yaml
-from support import Upstream, free_port, wait_until
+from support import Upstream, wait_until, write_public_route_config
 
 
 def test_two_workers_serve_share_metrics_and_stop_on_sigterm(upstream: Upstream, tmp_path):
-    proxy, admin = free_port(), free_port()
-    config = {
-        "proxy": {"listen": f"127.0.0.1:{proxy}", "public_url": f"http://127.0.0.1:{proxy}"},
-        "issuer": {"listen": f"127.0.0.1:{free_port()}", "keys_dir": str(tmp_path / "keys")},
-        "admin": {"listen": f"127.0.0.1:{admin}"},
-        "audit": {"file": str(tmp_path / "audit.jsonl")},
-        "upstreams": {"crm": {"url": upstream.url}},
-        "routes": [{"name": "health", "path": "/status", "methods": ["GET"], "public": True}],
-    }
-    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    _, proxy, admin = write_public_route_config(
+        tmp_path, {"url": upstream.url}, {"name": "health", "path": "/status", "methods": ["GET"]}
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "t.yaml"), "--workers", "2"],
         cwd=tmp_path,
@@ -58,16 +50,9 @@ def test_two_workers_serve_share_metrics_and_stop_on_sigterm(upstream: Upstream,
 
 
 def test_workers_stop_when_their_supervisor_is_killed(upstream: Upstream, tmp_path):
-    proxy = free_port()
-    config = {
-        "proxy": {"listen": f"127.0.0.1:{proxy}", "public_url": f"http://127.0.0.1:{proxy}"},
-        "issuer": {"listen": f"127.0.0.1:{free_port()}", "keys_dir": str(tmp_path / "keys")},
-        "admin": {"listen": f"127.0.0.1:{free_port()}"},
-        "audit": {"file": str(tmp_path / "audit.jsonl")},
-        "upstreams": {"crm": {"url": upstream.url}},
-        "routes": [{"name": "health", "path": "/status", "methods": ["GET"], "public": True}],
-    }
-    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    write_public_route_config(
+        tmp_path, {"url": upstream.url}, {"name": "health", "path": "/status", "methods": ["GET"]}
+    )
     log = tmp_path / "log"
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "t.yaml"), "--workers", "2"],
