@@ -10,7 +10,8 @@ from gateway.config import Config
 from gateway.issuer.keys import KeyStore
 from gateway.principal import Principal
 from gateway.proxy.authorize import PathRejected, RouteTable, authorize, normalize_path
-from gateway.proxy.identify import TokenRejected, Verifier
+from gateway.proxy.identify import TokenRejected
+from gateway.snapshot import verifier_for
 from gateway.state import RevocationList
 
 # The proxy answers this prefix itself for GET and HEAD (RFC 9728 metadata, see proxy/app.py): no route applies.
@@ -94,15 +95,7 @@ async def explain(
     principal: Principal | None = None
     if token:
         keys = KeyStore.load(config.issuer.keys_dir, config.issuer.algorithm, generate_if_empty=False)
-        verifier = Verifier(
-            issuer=config.issuer.url,
-            audience=config.proxy.public_url,
-            keys=keys.verification_keys,
-            trusted_issuers=config.trusted_issuers,
-            revocations=RevocationList(),
-            leeway=config.proxy.clock_leeway,
-            max_token_bytes=config.proxy.max_token_bytes,
-        )
+        verifier = verifier_for(config, keys=keys.verification_keys, revocations=RevocationList())
         try:
             principal = await verifier.verify(token)
         except TokenRejected as exc:

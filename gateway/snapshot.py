@@ -118,6 +118,19 @@ class Snapshot:
         self.leases.give_back(self.parts)
 
 
+def verifier_for(config: Config, *, keys: Callable[[], dict[str, SigningKey]], revocations: RevocationList) -> Verifier:
+    """The proxy's token verifier for this config (`tollbooth explain` uses the very same)."""
+    return Verifier(
+        issuer=config.issuer.url,
+        audience=config.proxy.public_url,
+        keys=keys,
+        trusted_issuers=config.trusted_issuers,
+        revocations=revocations,
+        leeway=config.proxy.clock_leeway,
+        max_token_bytes=config.proxy.max_token_bytes,
+    )
+
+
 def build_snapshot(
     config: Config,
     *,
@@ -134,15 +147,7 @@ def build_snapshot(
     if previous is not None and _verifier_inputs(previous.config) == _verifier_inputs(config):
         verifier = previous.verifier
     else:
-        verifier = Verifier(
-            issuer=config.issuer.url,
-            audience=config.proxy.public_url,
-            keys=keys,
-            trusted_issuers=config.trusted_issuers,
-            revocations=revocations,
-            leeway=config.proxy.clock_leeway,
-            max_token_bytes=config.proxy.max_token_bytes,
-        )
+        verifier = verifier_for(config, keys=keys, revocations=revocations)
     public = urlsplit(config.proxy.public_url)
     return Snapshot(
         config=config,

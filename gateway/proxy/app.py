@@ -116,26 +116,11 @@ class ProxyApp:
             IN_FLIGHT.dec()
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         snap = self._live()
-        head = scan_head(scope["headers"], scope.get("http_version", "1.1"))
-        trace = continue_or_start(head.traceparent, head.tracestate)
-        request_id = request_id_from(head.request_id)
-        client = scope.get("client")
-        method: str = scope["method"]
-        # Only the bytes on the wire: a server that gives no raw_path offers an already-decoded path, which
-        # would be decoded twice; an empty path is rejected by normalize_path.
         raw_path: bytes = scope.get("raw_path") or b""
-        event = AuditEvent(
-            event="access",
-            ts=time.time(),
-            request_id=request_id,
-            trace_id=trace.trace_id,
-            client_ip=client[0] if client else "",
-            method=method,
-            path=raw_path.decode("latin-1"),
+        crossing, head = _open_crossing(
+            scope["headers"], scope.get("client"), raw_path, scope.get("http_version", "1.1"), method=scope["method"]
         )
-        crossing = Crossing(event, trace, request_id, started)
         snap.enter()
         try:
             await self._cross(snap, scope, receive, send, crossing, raw_path, head)
@@ -223,10 +208,8 @@ class ProxyApp:
         limit = snap.config.proxy.max_body_bytes
         content_length = head.content_length
         if content_length is not None:
-            try:
-                declared = int(content_length)
-            except ValueError:
-                declared = -1
+            # Digits only: Python's int() would also take "+5", " 5" and "5_0", which an upstream may read otherwise.
+            declared = int(content_length) if content_length.isdigit() else -1
             if declared < 0:
                 await self._deny(
                     send, crossing, 400, "invalid_request", "malformed Content-Length", reason="bad_request"
@@ -349,12 +332,12 @@ class ProxyApp:
             )
             crossing.status = response.status
             await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
-            sent = 0
+            crossing.event.bytes_out = 0
             async for chunk in response.iter_body():
                 if chunk:
-                    sent += len(chunk)
+                    # Counted as it goes, so a stream cut by either side is audited with what was delivered.
+                    crossing.event.bytes_out += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            crossing.event.bytes_out = sent
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
@@ -446,19 +429,9 @@ class ProxyApp:
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """Audit a request refused before the pipeline ran (by the HTTP layer: 400, 431; or a WebSocket 403)."""
-        head = scan_head(headers, "1.1")
-        trace = continue_or_start(head.traceparent, head.tracestate)
-        event = AuditEvent(
-            event="access",
-            ts=time.time(),
-            request_id=request_id_from(head.request_id),
-            trace_id=trace.trace_id,
-            client_ip=client[0] if client else "",
-            path=raw_target[:1024].decode("latin-1"),
-            decision="deny",
-            reason=reason,
-        )
-        crossing = Crossing(event, trace, event.request_id, time.perf_counter())
+        crossing, _ = _open_crossing(headers, client, raw_target[:1024], "1.1")
+        crossing.event.decision = "deny"
+        crossing.event.reason = reason
         crossing.status = status
         self._finish(crossing)
 
@@ -484,6 +457,33 @@ _UPSTREAM_TEXT = {
     502: "the upstream could not be reached or answered badly",
     504: "the upstream did not answer in time",
 }
+
+
+def _open_crossing(
+    headers: Iterable[tuple[bytes, bytes]],
+    client: tuple[str, int] | None,
+    raw_path: bytes,
+    http_version: str,
+    *,
+    method: str = "",
+) -> tuple[Crossing, RequestHead]:
+    """Start a crossing: trace and request id from the headers, and the audit event that will record it."""
+    started = time.perf_counter()
+    head = scan_head(headers, http_version)
+    trace = continue_or_start(head.traceparent, head.tracestate)
+    request_id = request_id_from(head.request_id)
+    event = AuditEvent(
+        event="access",
+        ts=time.time(),
+        request_id=request_id,
+        trace_id=trace.trace_id,
+        client_ip=client[0] if client else "",
+        method=method,
+        # Only the bytes on the wire: a server that gives no raw_path offers an already-decoded path, which
+        # would be decoded twice; an empty path is rejected by normalize_path.
+        path=raw_path.decode("latin-1"),
+    )
+    return Crossing(event, trace, request_id, started), head
 
 
 def _record_principal(event: AuditEvent, principal: Principal) -> None:
