@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +89,7 @@ class Gateway:
     revocations: RevocationList = field(default_factory=RevocationList)
     snapshot: Snapshot | None = None
     leases: Leases = field(default_factory=Leases)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def current(self) -> Snapshot:
         assert self.snapshot is not None
@@ -145,6 +146,7 @@ class Gateway:
             client = redis.asyncio.Redis.from_url(
                 self.loaded.config.redis.url, socket_timeout=1, socket_connect_timeout=1
             )
+            self._closers.append(client.aclose)
 
             async def redis_ping() -> str | None:
                 try:
@@ -161,6 +163,8 @@ class Gateway:
         if self.snapshot is not None:
             await self.snapshot.forwarder.aclose()
             await self.snapshot.verifier.aclose()
+        for closer in self._closers:
+            await closer()
 
 
 async def run_gateway(
