@@ -64,3 +64,42 @@ def child(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, remembered: the hot path asks for the same few children millions of times,
     and prometheus_client validates and locks on every `labels` call."""
     return metric.labels(*labels)
+
+
+# Shared state (gateway.state). `backend` is "redis" or "file" (no Redis configured: the revocations file).
+STATE_UP = Gauge(
+    "tollbooth_state_up",
+    "1 while this process's revocation view is kept current by its shared-state backend; 0 while it serves on its "
+    "last known revocations.",
+    ["backend"],
+    multiprocess_mode="liveall",
+)
+STATE_LAST_SYNC = Gauge(
+    "tollbooth_state_last_sync_timestamp_seconds",
+    "When this process last knew its revocation view to be current (Unix time); the oldest live worker's value.",
+    ["backend"],
+    multiprocess_mode="livemin",
+)
+STATE_RELOADS = Counter(
+    "tollbooth_state_reloads_total",
+    "Full reads of the revocation set from the shared-state backend, by backend and outcome (ok, error).",
+    ["backend", "outcome"],
+)
+
+# The token service (gateway.issuer). `event` is the audit event kind, `outcome` "ok" or the refusal's reason.
+TOKEN_REQUESTS = Counter(
+    "tollbooth_token_requests_total",
+    "Token service answers by audit event kind (token.issued, token.refreshed, token.revoked, token.denied) and "
+    "outcome (ok, or the reason for a refusal).",
+    ["event", "outcome"],
+)
+AUDIT_SPOOL_BYTES = Gauge(
+    "tollbooth_audit_spool_bytes",
+    "Bytes of audit events in the local spool waiting for Redis.",
+    multiprocess_mode="livesum",
+)
+AUDIT_SPOOL_OLDEST_AGE = Gauge(
+    "tollbooth_audit_spool_oldest_event_age_seconds",
+    "Age of the oldest audit event not yet replayed from the spool to Redis (0 when the spool is empty).",
+    multiprocess_mode="livemax",
+)

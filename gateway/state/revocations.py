@@ -1,0 +1,92 @@
+"""The in-process revocation view the proxy reads on every request, and the record format that feeds it.
+
+A revocation record is a small JSON object, the same in the revocations file (one per line) and in Redis pub/sub
+messages (a JSON array of them):
+
+    {"jti": "<token id>", "exp": <the token's exp>}
+    {"agent": "<client_id>", "before": <Unix time>}
+    {"subject": "<sub>", "before": <Unix time>}
+
+Numbers may arrive as strings (Redis hands sorted-set scores to Lua as strings). Other fields are ignored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.principal import Principal
+
+_NEVER = float("-inf")
+
+
+class RevocationList:
+    """Revoked token ids, and "everything issued to this agent / for this subject before T" cut-offs.
+
+    The proxy asks `is_revoked` on every request, cached token or not, so the check is three dict lookups.
+    A revoked jti is kept until `retain_after_expiry` seconds past its token's `exp`: the verifier still accepts
+    a token within its clock leeway after `exp`, so the entry must outlive that. Cut-offs only ever move forward
+    (a later cut-off revokes everything an earlier one did) and are kept. Nothing is ever un-revoked, so applying
+    the same records twice, or in any order, gives the same view: a full reload can merge instead of replace.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, retain_after_expiry: float = 300):
+        self._clock = clock
+        self._retain = retain_after_expiry
+        self._jtis: dict[str, float] = {}  # jti -> expires_at
+        self._expiry: list[tuple[float, str]] = []  # min-heap of (expires_at, jti), to forget entries in order
+        self._agents: dict[str, float] = {}
+        self._subjects: dict[str, float] = {}
+
+    def revoke_jti(self, jti: str, expires_at: float) -> None:
+        horizon = self._clock() - self._retain
+        self._forget_before(horizon)
+        # A token past expiry + retention is refused by the verifier anyway: skip it rather than hold it.
+        if expires_at >= horizon and expires_at > self._jtis.get(jti, _NEVER):
+            self._jtis[jti] = expires_at
+            heapq.heappush(self._expiry, (expires_at, jti))
+
+    def revoke_agent_before(self, agent: str, before: float) -> None:
+        """Revoke every token issued to `agent` (its client_id) with `iat` earlier than `before`."""
+        self._agents[agent] = max(before, self._agents.get(agent, _NEVER))
+
+    def revoke_subject_before(self, subject: str, before: float) -> None:
+        """Revoke every token whose `sub` is `subject` with `iat` earlier than `before`."""
+        self._subjects[subject] = max(before, self._subjects.get(subject, _NEVER))
+
+    def apply(self, record: Mapping[str, Any]) -> None:
+        """Apply one revocation record (see the module docstring); ValueError when it is not one."""
+        try:
+            if "jti" in record:
+                self.revoke_jti(_text(record["jti"]), float(record["exp"]))
+            elif "agent" in record:
+                self.revoke_agent_before(_text(record["agent"]), float(record["before"]))
+            elif "subject" in record:
+                self.revoke_subject_before(_text(record["subject"]), float(record["before"]))
+            else:
+                raise ValueError("neither jti, agent nor subject")
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed revocation record: {exc!r}") from None
+
+    def is_cut_off(self, agent: str, subject: str, issued_at: float) -> bool:
+        """Whether something issued at `issued_at` to `agent` for `subject` falls under a "before T" cut-off."""
+        # `iat` is whole seconds: a token minted in the same second as, but after, a cut-off is revoked too.
+        # That errs on the safe side; the agent asks for a new token a second later.
+        return issued_at < self._agents.get(agent, _NEVER) or issued_at < self._subjects.get(subject, _NEVER)
+
+    def is_revoked(self, principal: Principal) -> bool:
+        return principal.jti in self._jtis or self.is_cut_off(principal.agent, principal.subject, principal.issued_at)
+
+    def _forget_before(self, horizon: float) -> None:
+        while self._expiry and self._expiry[0][0] < horizon:
+            expires_at, jti = heapq.heappop(self._expiry)
+            if self._jtis.get(jti) == expires_at:  # not re-revoked with a later expiry since
+                del self._jtis[jti]
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
