@@ -94,7 +94,12 @@ async def explain(
         return _with(_result(True, 200, "protected_resource_metadata", description), method, path, notes)
     principal: Principal | None = None
     if token:
-        keys = KeyStore.load(config.issuer.keys_dir, config.issuer.algorithm, generate_if_empty=False)
+        keys = KeyStore.load(
+            config.issuer.keys_dir,
+            config.issuer.algorithm,
+            generate_if_empty=False,
+            token_lifetime=KeyStore.token_lifetime(config),
+        )
         verifier = verifier_for(config, keys=keys.verification_keys, revocations=RevocationList())
         try:
             principal = await verifier.verify(token)

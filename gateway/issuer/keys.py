@@ -4,9 +4,13 @@ On disk, `keys_dir` (mode 0700) holds one unencrypted PKCS#8 PEM private key per
 `<created>-<alg>.pem`, e.g. `20250131T120000.123456Z-ES256.pem`: `created` is the UTC creation time to the
 microsecond. The name carries what the PEM cannot: the creation time (the newest key of the configured
 algorithm signs) and the algorithm (an RSA key alone does not say RS256 or PS256; RFC 8725 §3.1 wants one
-algorithm per key). Older keys stay in the JWKS so tokens they signed verify until the files are removed.
-Files starting with '.' (the generator's temp files, the lock file) are ignored; any other `*.pem` must follow
-the naming scheme.
+algorithm per key). Files starting with '.' (the generator's temp files, the lock file) are ignored; any other
+`*.pem` must follow the naming scheme.
+
+Retention: a key stops signing (is retired) when a newer key of the configured algorithm appears. It stays in the
+JWKS and among the verification keys for `token_lifetime` more, long enough for every token it signed to expire,
+then drops out; `tollbooth keys rotate|prune` delete the files of such expired keys (loading never deletes: the
+directory may be a read-only mounted secret).
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,13 @@ _GENERATED_RSA_BITS = 3072
 JWK_REQUIRED_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
 _FILE_NAME = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-(ES256|EdDSA|RS256|PS256)\.pem$")
 _TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+
+# A retired key may still sign for a moment: running gateways notice a new key file only at their next poll of
+# keys_dir (every second by default, later on a busy loop), and the new key's creation time comes from the clock of
+# the host that ran `keys rotate`, which may run ahead of the gateways' clocks. A minute covers both.
+RELOAD_MARGIN = 60.0
+
+KeyState = Literal["active", "next", "retired", "expired"]
 
 
 class KeyStoreError(Exception):
@@ -244,21 +258,91 @@ def _newest_first(keys: list[SigningKey]) -> tuple[SigningKey, ...]:
 
 
 @dataclass(frozen=True)
+class KeyStatus:
+    """Where a key stands: signing (`active`), waiting to sign (`next`), or retired and published for a while."""
+
+    key: SigningKey
+    state: KeyState
+    retired_at: float | None  # when a newer key of the configured algorithm took over signing
+    published_until: float | None  # retired_at + token lifetime; None while it signs or when no lifetime is known
+    prunable: bool  # expired, and not the newest key of its algorithm (kept so the config can switch back to it)
+
+    @property
+    def published(self) -> bool:
+        return self.state != "expired"
+
+    def describe(self) -> str:
+        """The state in words, as `tollbooth keys list` shows it."""
+        if self.state == "retired" and self.published_until is not None:
+            return f"retired, published until {utc_text(self.published_until)}"
+        if self.state == "expired":
+            if self.prunable:
+                return "expired (not published; pruned by keys rotate|prune)"
+            return f"expired (not published; kept as the newest {self.key.algorithm} key)"
+        return self.state  # active, next, or retired with no known lifetime
+
+
+def utc_text(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def key_statuses(
+    keys: Iterable[SigningKey], algorithm: str, token_lifetime: float | None, now: float
+) -> tuple[KeyStatus, ...]:
+    """The state of each key at `now` when the newest key of `algorithm` signs; newest first.
+
+    A key is retired at the creation of the closest newer key of `algorithm`: for a key of `algorithm` that is the
+    next newer one, for a key of another algorithm the first key of `algorithm` made after it. With
+    `token_lifetime` None nothing expires (the caller does not know how long tokens live).
+    """
+    statuses = []
+    taken_over_at: float | None = None  # created_at of the closest newer key of `algorithm` seen so far
+    newest_seen: set[str] = set()
+    for key in sorted(keys, key=lambda k: k.created_at, reverse=True):
+        retired_at = taken_over_at
+        if key.algorithm == algorithm:
+            taken_over_at = key.created_at
+        newest_of_its_algorithm = key.algorithm not in newest_seen
+        newest_seen.add(key.algorithm)
+        published_until = None
+        state: KeyState
+        if retired_at is None:
+            state = "active" if key.algorithm == algorithm else "next"
+        else:
+            published_until = None if token_lifetime is None else retired_at + token_lifetime
+            state = "expired" if published_until is not None and now >= published_until else "retired"
+        prunable = state == "expired" and not newest_of_its_algorithm
+        statuses.append(KeyStatus(key, state, retired_at, published_until, prunable))
+    return tuple(statuses)
+
+
+@dataclass(frozen=True)
 class KeyStore:
-    """An immutable snapshot of the keys directory: rotation loads a new KeyStore."""
+    """An immutable snapshot of the keys directory: rotation, or a retired key's window ending, loads a new one."""
 
     active: SigningKey
-    keys: tuple[SigningKey, ...]  # newest first
+    keys: tuple[SigningKey, ...]  # every key in the directory, newest first
+    statuses: tuple[KeyStatus, ...]  # the same keys, with their state when loaded
 
     @classmethod
-    def load(cls, keys_dir: str | Path, algorithm: str, *, generate_if_empty: bool = True) -> KeyStore:
+    def load(
+        cls,
+        keys_dir: str | Path,
+        algorithm: str,
+        *,
+        generate_if_empty: bool = True,
+        token_lifetime: float | None = None,
+        now: float | None = None,
+    ) -> KeyStore:
         """Read every key in `keys_dir`; the newest key of `algorithm` signs.
 
         With `generate_if_empty`, a missing or empty directory, or one with no key of `algorithm` (the config's
-        algorithm changed), gets a new key; the older keys keep verifying the tokens they signed.
+        algorithm changed), gets a new key; the older keys keep verifying the tokens they signed. Retired keys are
+        published for `token_lifetime` seconds (see `KeyStore.token_lifetime`); None publishes every key.
         """
         keys_dir = Path(keys_dir)
         _check_algorithm(algorithm)
+        now = time.time() if now is None else now
         if not keys_dir.is_dir():
             if not generate_if_empty:
                 raise KeyStoreError(f"{keys_dir}: no such directory; create a key with `tollbooth keys generate`")
@@ -270,12 +354,117 @@ class KeyStore:
                     raise KeyStoreError(
                         f"{keys_dir}: no {algorithm} signing key; create one with `tollbooth keys generate`"
                     )
-                keys.append(_generate_unlocked(keys_dir, algorithm, time.time()))
+                keys.append(_generate_unlocked(keys_dir, algorithm, now))
         newest_first = _newest_first(keys)
-        return cls(active=next(key for key in newest_first if key.algorithm == algorithm), keys=newest_first)
+        return cls(
+            active=next(key for key in newest_first if key.algorithm == algorithm),
+            keys=newest_first,
+            statuses=key_statuses(newest_first, algorithm, token_lifetime, now),
+        )
+
+    @staticmethod
+    def token_lifetime(config: Config) -> float:
+        """How long after a key stops signing a token it signed may still be accepted.
+
+        Every access token lives at most issuer.access_token_ttl (agent and scope caps only shorten it); the proxy
+        accepts it for proxy.clock_leeway more; RELOAD_MARGIN covers gateways still signing before they reload.
+        """
+        return config.issuer.access_token_ttl + config.proxy.clock_leeway + RELOAD_MARGIN
+
+    @property
+    def published(self) -> tuple[SigningKey, ...]:
+        """The active key, newer keys, and retired keys whose tokens may still be alive; newest first."""
+        return tuple(status.key for status in self.statuses if status.published)
 
     def verification_keys(self) -> dict[str, SigningKey]:
-        return {key.kid: key for key in self.keys}
+        return {key.kid: key for key in self.published}
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
-        return {"keys": [key.public_jwk() for key in self.keys]}
+        return {"keys": [key.public_jwk() for key in self.published]}
+
+    def next_change_at(self) -> float | None:
+        """When the first published retired key's window ends: the published keys change then with no file change."""
+        ends = [s.published_until for s in self.statuses if s.state == "retired" and s.published_until is not None]
+        return min(ends, default=None)
+
+    def outdated(self, now: float | None = None) -> bool:
+        """Whether a retired key's window has ended since loading: reload to stop publishing it."""
+        change = self.next_change_at()
+        return change is not None and (time.time() if now is None else now) >= change
+
+
+def _delete_files(keys_dir: Path, statuses: tuple[KeyStatus, ...]) -> None:
+    for status in statuses:
+        # Only paths _read_dir returned: files following the naming scheme, never the lock or anything else.
+        assert status.key.path is not None
+        status.key.path.unlink(missing_ok=True)
+        logger.info("deleted expired %s signing key kid=%s: %s", status.key.algorithm, status.key.kid, status.key.path)
+    if statuses:
+        dir_fd = os.open(keys_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the unlinks durable, as _write_atomically does for the rename
+        finally:
+            os.close(dir_fd)
+
+
+def _prunable(keys: list[SigningKey], algorithm: str, token_lifetime: float, now: float) -> tuple[KeyStatus, ...]:
+    return tuple(
+        status for status in key_statuses(_newest_first(keys), algorithm, token_lifetime, now) if status.prunable
+    )
+
+
+def prune_keys(
+    keys_dir: str | Path, algorithm: str, token_lifetime: float, *, now: float | None = None, dry_run: bool = False
+) -> tuple[KeyStatus, ...]:
+    """Delete the files of keys whose window has passed when `algorithm` signs; return them (with `dry_run`, only
+    return them). The active key and the newest key of each algorithm are never deleted."""
+    keys_dir = Path(keys_dir)
+    _check_algorithm(algorithm)
+    if not keys_dir.is_dir():
+        raise KeyStoreError(f"{keys_dir}: no such directory; create a key with `tollbooth keys generate`")
+    with _dir_lock(keys_dir):
+        doomed = _prunable(_read_dir(keys_dir), algorithm, token_lifetime, time.time() if now is None else now)
+        if not dry_run:
+            _delete_files(keys_dir, doomed)
+    return doomed
+
+
+@dataclass(frozen=True)
+class Rotation:
+    generated: SigningKey | None  # None on a dry run
+    pruned: tuple[KeyStatus, ...]  # deleted, or on a dry run would be
+
+
+def rotate_keys(
+    keys_dir: str | Path,
+    algorithm: str,
+    token_lifetime: float,
+    *,
+    new_algorithm: str | None = None,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> Rotation:
+    """Generate a key of `new_algorithm` (default `algorithm`, the configured one), then prune as `prune_keys` does.
+
+    One lock covers both, so a concurrent `keys rotate` or a starting gateway sees the directory before or after.
+    """
+    keys_dir = Path(keys_dir)
+    new_algorithm = new_algorithm or algorithm
+    _check_algorithm(algorithm)
+    _check_algorithm(new_algorithm)
+    now = time.time() if now is None else now
+    if dry_run and not keys_dir.is_dir():
+        return Rotation(None, ())
+    _ensure_dir(keys_dir)
+    with _dir_lock(keys_dir):
+        keys = _read_dir(keys_dir)  # before generating: a directory with a broken key file gets no new key
+        if dry_run:
+            # A stand-in for the key a real run would write: it retires keys only from now on, but it does take
+            # over "newest key of its algorithm", which may leave an older key of that algorithm prunable.
+            generated = SigningKey("", new_algorithm, private_key=None, public_key=None, created_at=now, path=None)
+        else:
+            generated = _generate_unlocked(keys_dir, new_algorithm, now)
+        doomed = _prunable([*keys, generated], algorithm, token_lifetime, now)
+        if not dry_run:
+            _delete_files(keys_dir, doomed)
+    return Rotation(None if dry_run else generated, doomed)
