@@ -8,7 +8,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from gateway import __version__
@@ -168,7 +167,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     for actor in reversed(actors):
         act = {"sub": actor, **({"act": act} if act else {})}
     try:
-        keys = KeyStore.load(config.issuer.keys_dir, config.issuer.algorithm)
+        keys = KeyStore.load(
+            config.issuer.keys_dir, config.issuer.algorithm, token_lifetime=KeyStore.token_lifetime(config)
+        )
         token, claims = mint_access_token(
             keys.active,
             issuer=config.issuer.url,
@@ -196,38 +197,125 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.issuer.keys import KeyStore, KeyStoreError, generate_key
+    from gateway.issuer.keys import KeyStore, KeyStoreError, generate_key, prune_keys, rotate_keys, utc_text
 
     config = _load(args.config).config
     keys_dir = args.keys_dir or config.issuer.keys_dir
+    lifetime = KeyStore.token_lifetime(config)
+    algorithm = getattr(args, "algorithm", None) or config.issuer.algorithm  # only generate and rotate take one
+    role = (
+        "now the active signing key"
+        if algorithm == config.issuer.algorithm
+        else (f"signs only once issuer.algorithm is {algorithm}")
+    )
     try:
-        if args.keys_command in ("generate", "rotate"):
-            algorithm = args.algorithm or config.issuer.algorithm
-            key = generate_key(keys_dir, algorithm)
-            active = (
-                "now the active signing key"
-                if algorithm == config.issuer.algorithm
-                else (f"signs only once issuer.algorithm is {algorithm}")
+        if args.keys_command == "list":
+            store = KeyStore.load(keys_dir, config.issuer.algorithm, generate_if_empty=False, token_lifetime=lifetime)
+        elif args.keys_command == "prune":
+            key, pruned = None, prune_keys(keys_dir, config.issuer.algorithm, lifetime, dry_run=args.dry_run)
+        elif args.keys_command == "rotate":
+            rotation = rotate_keys(
+                keys_dir, config.issuer.algorithm, lifetime, new_algorithm=algorithm, dry_run=args.dry_run
             )
-            print(f"generated {key.algorithm} key {key.kid} in {keys_dir} ({active}; older keys keep verifying)")
-            return 0
-        store = KeyStore.load(keys_dir, config.issuer.algorithm, generate_if_empty=False)
+            key, pruned = rotation.generated, rotation.pruned
+        else:
+            key, pruned = generate_key(keys_dir, algorithm), ()
     except (KeyStoreError, OSError) as exc:
         _fail(str(exc))
+    if args.keys_command != "list":
+        if key is not None:
+            print(
+                f"generated {key.algorithm} key {key.kid} in {keys_dir} "
+                f"({role}; older keys stay published until the tokens they signed expire)"
+            )
+        elif args.keys_command == "rotate":
+            print(f"would generate a new {algorithm} key in {keys_dir}")
+        for status in pruned:
+            assert status.published_until is not None  # prunable keys are expired: their window is known
+            print(
+                f"{'would delete' if args.dry_run else 'deleted'} {status.key.path} "
+                f"(kid {status.key.kid}, {status.key.algorithm}, published until {utc_text(status.published_until)})"
+            )
+        if args.keys_command != "generate" and not pruned:
+            print("no expired keys to delete")
+        return 0
     rows = [
         {
-            "kid": key.kid,
-            "algorithm": key.algorithm,
-            "created": datetime.fromtimestamp(key.created_at, UTC).isoformat(timespec="seconds"),
-            "active": key.kid == store.active.kid,
+            "kid": status.key.kid,
+            "algorithm": status.key.algorithm,
+            "created": utc_text(status.key.created_at),
+            "active": status.state == "active",
+            "state": status.state,
+            "retired": None if status.retired_at is None else utc_text(status.retired_at),
+            "published_until": None if status.published_until is None else utc_text(status.published_until),
+            "published": status.published,
+            "prunable": status.prunable,
+            "description": status.describe(),
         }
-        for key in store.keys
+        for status in store.statuses
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{'*' if row['active'] else ' '} {row['kid']}  {row['algorithm']:<6} {row['created']}")
+            marker = "*" if row["active"] else " "
+            print(f"{marker} {row['kid']}  {row['algorithm']:<6} {row['created']}  {row['description']}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.state import StateUnavailable, open_state
+
+    config = _load(args.config).config
+    now = time.time()
+    # A jti alone does not say when its token expires: keep the entry as long as any token of ours can live
+    # (`tollbooth token --ttl` may mint long-lived development tokens, hence the day).
+    keep_until = now + max(config.issuer.access_token_ttl, 86400.0) + config.proxy.clock_leeway
+
+    async def revoke() -> str:
+        state = open_state(config.redis.url, revocations_file=config.issuer.revocations_file)
+        try:
+            if args.jti:
+                await state.revoke_jti(args.jti, keep_until)
+                return f"revoked token {args.jti}"
+            if args.agent:
+                await state.revoke_agent_before(args.agent, now)
+                return f"revoked every token issued to agent {args.agent} until now, and its refresh tokens"
+            await state.revoke_subject_before(args.subject, now)
+            return f"revoked every token issued for subject {args.subject} until now, and its refresh tokens"
+        finally:
+            await state.aclose()
+
+    try:
+        done = asyncio.run(revoke())
+    except StateUnavailable as exc:
+        _fail(f"nothing revoked: {exc}")
+    where = f"Redis at {config.redis.url}" if config.redis.url else config.issuer.revocations_file
+    print(f"{done} (recorded in {where}; running gateways enforce it within a second)")
+    return 0
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    from gateway.audit.tail import TailFilter, open_source, tail
+
+    if args.lines is not None and args.lines < 1:
+        _fail(f"--lines {args.lines}: give 1 or more", 2)
+    config = _load(args.config).config
+    since = time.time() - _duration(args.since, "--since") if args.since else None
+    flt = TailFilter(agent=args.agent, subject=args.subject, decision=args.decision, since=since)
+    # Like tail(1): the last 20 by default; with --since, everything since then.
+    limit = args.lines if args.lines is not None else (None if since is not None else 20)
+    as_json = args.json or not sys.stdout.isatty()
+    try:
+        tail(open_source(config), flt, sys.stdout, limit=limit, follow=args.follow, as_json=as_json)
+    except redis.RedisError as exc:
+        _fail(f"cannot read the audit stream {config.audit.stream!r} (redis.url): {exc}")
     return 0
 
 
@@ -260,10 +348,11 @@ def cmd_hash_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from gateway.demo import prepare_demo_secret, run_demo
     from gateway.logs import setup_logging
 
     setup_logging(args.log_level, "text")
+    prepare_demo_secret(os.environ)
     loaded = _load(args.config)
     import uvloop
 
@@ -371,29 +460,68 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
     token.set_defaults(func=cmd_token)
 
     keys = verbs.add_parser(
-        "keys", help="manage signing keys", description="Generate (rotate) or list the issuer's signing keys."
+        "keys",
+        help="manage signing keys",
+        description="Generate, rotate, prune or list the issuer's signing keys. A key stops signing when a newer "
+        "key of issuer.algorithm appears (it is retired) and stays published until every token it signed has "
+        "expired: issuer.access_token_ttl + proxy.clock_leeway + 60s for running gateways to reload.",
     )
     keys_verbs = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = keys_verbs.add_parser(
+        "rotate",
+        help="generate a new active key, then delete the files of expired keys",
+        description="Generate a new signing key (it signs new tokens from now on; the previous keys stay "
+        "published until the tokens they signed expire), then delete the files of keys no longer published. "
+        "Running gateways pick up the change within seconds.",
+    )
     generate = keys_verbs.add_parser(
         "generate",
-        aliases=["rotate"],
-        help="generate a new signing key (it becomes the active one; older keys keep verifying)",
+        help="generate a new signing key only (no pruning)",
         description="Generate a new signing key in the keys directory; it signs new tokens from now on, and the "
-        "older keys keep verifying the tokens they signed until you delete their files. `rotate` is the same.",
+        "older keys stay published until the tokens they signed expire. Deletes nothing: see `keys rotate`.",
     )
-    _add_config(generate)
-    generate.add_argument("--keys-dir", help="override issuer.keys_dir")
-    generate.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256", "PS256"])
-    generate.set_defaults(func=cmd_keys)
+    prune = keys_verbs.add_parser(
+        "prune",
+        help="delete the files of keys no longer published",
+        description="Delete the files of retired keys whose tokens have all expired. Never deletes the active key "
+        "or the newest key of any algorithm.",
+    )
     listing = keys_verbs.add_parser(
         "list",
-        help="list signing keys (* marks the active one)",
-        description="List the signing keys, newest first; * marks the one that signs new tokens.",
+        help="list signing keys and their state (* marks the active one)",
+        description="List the signing keys, newest first, with their state: active (signs new tokens), next (a "
+        "newer key of another algorithm, not in use), retired (published until the tokens it signed expire) or "
+        "expired (no longer published; its file goes at the next `keys rotate` or `keys prune`).",
     )
-    _add_config(listing)
-    listing.add_argument("--keys-dir", help="override issuer.keys_dir")
+    for verb in (rotate, generate, prune, listing):
+        _add_config(verb)
+        verb.add_argument("--keys-dir", help="override issuer.keys_dir")
+        verb.set_defaults(func=cmd_keys)
+    for verb in (rotate, generate):
+        verb.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256", "PS256"])
+    for verb in (rotate, prune):
+        verb.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(func=cmd_keys)
+
+    audit = verbs.add_parser(
+        "audit", help="read the audit trail", description="Read the audit trail back (see docs/audit.md)."
+    )
+    audit_verbs = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_tail = audit_verbs.add_parser(
+        "tail",
+        help="print recent audit events, optionally following new ones",
+        description="Print the newest audit events, oldest first, from the Redis stream (audit.stream) or, with no "
+        "redis.url, the JSON-lines file (audit.file). A table on a terminal; JSON lines when piped or with --json.",
+    )
+    _add_config(audit_tail)
+    audit_tail.add_argument("-n", "--lines", type=int, help="how many events (default: 20, or all with --since)")
+    audit_tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they arrive")
+    audit_tail.add_argument("--agent", help="only this agent (client_id)")
+    audit_tail.add_argument("--subject", help="only events for this subject (user or org acted for)")
+    audit_tail.add_argument("--decision", choices=["allow", "deny"], help="only allowed or only denied")
+    audit_tail.add_argument("--since", metavar="DURATION", help="only events of the last DURATION (10m, 2h, 1d)")
+    audit_tail.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    audit_tail.set_defaults(func=cmd_audit_tail)
 
     schema = verbs.add_parser(
         "schema",

@@ -6,10 +6,11 @@ Nothing past `load_config` sees a raw dict: every other module takes these model
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -140,6 +142,23 @@ class IssuerConfig(Model):
     keys_dir: str = ".tollbooth/keys"
     algorithm: Literal["ES256", "EdDSA", "RS256", "PS256"] = "ES256"
     access_token_ttl: Duration = 300
+    # The whole life of a refresh-token family (a delegated grant): rotation never extends it.
+    refresh_token_ttl: Duration = 8 * 3600
+    # Actors in one delegation chain (`act` nesting), the new hop included.
+    max_delegation_depth: int = Field(default=4, ge=1, le=16)
+    # Per-scope lifetime caps: a token carrying the scope lives no longer than this.
+    scope_ttl: dict[str, Duration] = Field(default_factory=dict)
+    # Revocations when no Redis is configured: a journal every process on this machine reads and appends to.
+    revocations_file: str = ".tollbooth/revocations.jsonl"
+
+    @field_validator("scope_ttl")
+    @classmethod
+    def _scope_ttl(cls, caps: dict[str, float]) -> dict[str, float]:
+        _check_scopes(list(caps))
+        for scope, ttl in caps.items():
+            if ttl <= 0:
+                raise ValueError(f"{scope}: a lifetime cap must be positive")
+        return caps
 
 
 _SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token
@@ -160,6 +179,8 @@ class AuditConfig(Model):
     spool_dir: str = ".tollbooth/spool"
     on_failure: Literal["spool", "deny"] = "spool"
     queue_size: int = Field(default=100_000, gt=0)
+    # Redis answering slower than this counts as down: the batch goes to the spool instead.
+    write_timeout: Duration = 2.0
 
 
 # RFC 9110 §5.1 field-name = token.
@@ -242,6 +263,7 @@ class AgentConfig(Model):
     jwks: dict[str, Any] | None = None
     jwks_file: str | None = None
     scopes: list[str] = Field(default_factory=list)
+    default_scopes: list[str] | None = None  # granted when a request names no scope; default: all of `scopes`
     max_token_ttl: Duration | None = None
     may_act_for: list[str] = Field(default_factory=list)
     refresh_tokens: bool = False
@@ -250,6 +272,37 @@ class AgentConfig(Model):
     @classmethod
     def _scopes(cls, scopes: list[str]) -> list[str]:
         return _check_scopes(scopes)
+
+    @field_validator("default_scopes")
+    @classmethod
+    def _default_scopes(cls, scopes: list[str] | None) -> list[str] | None:
+        return None if scopes is None else _check_scopes(scopes)
+
+    @field_validator("secret_hash")
+    @classmethod
+    def _secret_hash(cls, secret_hash: str | None) -> str | None:
+        if secret_hash == "":
+            return None  # `${AGENT_SECRET_HASH:-}` left unset: an agent without a secret
+        # Only a memory-hard hash: a plain secret pasted here by mistake must not become the secret's "hash".
+        if secret_hash is not None and not secret_hash.startswith("$argon2id$"):
+            raise ValueError("not an argon2id hash; make one with `tollbooth hash-secret` (reads the secret on stdin)")
+        return secret_hash
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> AgentConfig:
+        given = [name for name in ("secret_hash", "jwks", "jwks_file") if getattr(self, name) is not None]
+        # None at all is allowed: such an agent only holds tokens minted locally (`tollbooth token`).
+        if len(given) > 1:
+            raise ValueError(
+                "give the agent one credential: `secret_hash` (client_secret_basic/post) or `jwks` / "
+                f"`jwks_file` (private_key_jwt), not {' and '.join(given)}"
+            )
+        outside = [s for s in self.default_scopes or [] if s not in self.scopes]
+        if outside:
+            raise ValueError(f"default_scopes names {' '.join(outside)}, which `scopes` does not allow")
+        if self.max_token_ttl is not None and self.max_token_ttl <= 0:
+            raise ValueError("max_token_ttl must be positive")
+        return self
 
 
 class TrustedIssuerConfig(Model):
@@ -726,9 +779,51 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
         inline_routes=inline if routes_path is not None else -1,
     )
     problems = _check_references(config, loaded)
+    agents = _resolve_agent_keys(config, path, problems)
     if problems:
         raise ConfigError(problems)
+    if agents != config.agents:
+        # Edits to a key file reload like edits to the config (a new agent key without a restart).
+        key_files = tuple(Path(a.jwks_file) for a in agents.values() if a.jwks_file)
+        loaded = replace(
+            loaded, config=config.model_copy(update={"agents": agents}), sources=(*loaded.sources, *key_files)
+        )
     return loaded
+
+
+def _resolve_agent_keys(config: Config, path: Path, problems: list[str]) -> dict[str, AgentConfig]:
+    """Read each agent's `jwks_file` (relative to the config file) into `jwks`, and check every agent JWKS has a
+    usable public key, so a broken key file fails `tollbooth check` rather than the agent's first token request."""
+    from gateway.proxy.jwks import JwksError, parse_jwks  # the JWKS parser imports this module
+
+    agents: dict[str, AgentConfig] = {}
+    for name, agent in config.agents.items():
+        jwks = agent.jwks
+        if agent.jwks_file is not None:
+            key_file = (path.parent / agent.jwks_file).resolve()
+            try:
+                text = key_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{path}: agents.{name}: jwks_file: cannot read {key_file} ({exc.__class__.__name__})")
+                continue
+            agent = agent.model_copy(update={"jwks_file": str(key_file)})
+            document = text.encode("utf-8")
+        elif jwks is not None:
+            document = json.dumps(jwks).encode("utf-8")
+        else:
+            agents[name] = agent
+            continue
+        try:
+            parsed = parse_jwks(document, ("ES256", "ES384", "EdDSA", "RS256", "PS256"))
+        except JwksError as exc:
+            where = "jwks_file" if agent.jwks_file else "jwks"
+            problems.append(f"{path}: agents.{name}: {where}: {exc}")
+            continue
+        if any(key.private_key is not None for key in parsed.values()):  # parse_jwks never keeps private parts
+            problems.append(f"{path}: agents.{name}: a JWKS holds public keys only")
+            continue
+        agents[name] = agent.model_copy(update={"jwks": json.loads(document)})
+    return agents
 
 
 def config_schema() -> dict[str, Any]:

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import secrets
 import shlex
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import jwt
 import uvicorn
+from argon2 import PasswordHasher
+from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.config import LoadedConfig
+from gateway.issuer.keys import public_members, thumbprint
 from gateway.serve import QuietServer, run_gateway
 
 _CUSTOMERS = {
@@ -29,7 +39,72 @@ def _seen(request: Request) -> dict[str, str]:
     }
 
 
-def crm_app() -> Starlette:
+DEMO_AGENT = "billing-bot"
+DEMO_SECRET_FILE = Path(".tollbooth/demo/billing-bot.secret")
+_DEMO_SECRET_VARIABLE = "BILLING_BOT_SECRET_HASH"  # noqa: S105 (a variable name)
+_DEMO_USER = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+def prepare_demo_secret(env: MutableMapping[str, str]) -> None:
+    """Give the example's agent a secret for the demo: generated once into DEMO_SECRET_FILE (0600), its argon2id
+    hash put where config/example.yaml reads it. A value already in the environment (yours) is left alone."""
+    if env.get(_DEMO_SECRET_VARIABLE):
+        return
+    if not DEMO_SECRET_FILE.exists():
+        DEMO_SECRET_FILE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(DEMO_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    env[_DEMO_SECRET_VARIABLE] = PasswordHasher().hash(DEMO_SECRET_FILE.read_text().strip())
+
+
+class DemoIdentityProvider:
+    """A stand-in for your users' identity provider: signs a user's access token on request, no login.
+
+    Its tokens are subject tokens for token exchange (config `trusted_issuers`), so the demo can show delegation
+    without an IdP of your own. Never run it outside the demo: anyone who can reach it can become any user.
+    """
+
+    def __init__(self, issuer: str, audience: str):
+        self.issuer = issuer
+        self.audience = audience
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._jwk = {**public_members(self._key.public_key()), "alg": "ES256", "use": "sig"}
+        self._jwk["kid"] = thumbprint(public_members(self._key.public_key()))
+
+    def routes(self, prefix: str) -> list[Route]:
+        async def jwks(request: Request) -> Response:
+            return JSONResponse({"keys": [self._jwk]})
+
+        async def token(request: Request) -> Response:
+            user = request.query_params.get("user", "alice")
+            if not _DEMO_USER.match(user):
+                return PlainTextResponse("user: 1-32 of a-z 0-9 _ -", status_code=400)
+            now = int(time.time())
+            claims = {
+                "iss": self.issuer,
+                "sub": f"user:{user}",
+                "aud": self.audience,
+                "iat": now,
+                "exp": now + 600,
+                "jti": secrets.token_urlsafe(12),
+                "scope": request.query_params.get("scope", "crm.read"),
+            }
+            signed = jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self._jwk["kid"], "typ": "JWT"})
+            return PlainTextResponse(signed)
+
+        return [Route(f"{prefix}/jwks.json", jwks, methods=["GET"]), Route(f"{prefix}/token", token, methods=["GET"])]
+
+
+def demo_identity_provider(loaded: LoadedConfig, upstream_url: str) -> DemoIdentityProvider | None:
+    """The trusted issuer that lives on the demo server, when the config names one there."""
+    for trusted in loaded.config.trusted_issuers:
+        if trusted.issuer.startswith(upstream_url.rstrip("/") + "/"):
+            return DemoIdentityProvider(trusted.issuer, (trusted.audiences or [loaded.config.issuer.url])[0])
+    return None
+
+
+def crm_app(idp: DemoIdentityProvider | None = None) -> Starlette:
     async def list_customers(request: Request) -> Response:
         return JSONResponse({"customers": list(_CUSTOMERS.values()), "seen_by_upstream": _seen(request)})
 
@@ -63,6 +138,7 @@ def crm_app() -> Starlette:
             Route("/v1/customers/{id}", get_customer, methods=["GET", "HEAD"]),
             Route("/v1/events", events, methods=["GET"]),
             Route("/status", status, methods=["GET", "HEAD"]),
+            *(idp.routes(urlsplit(idp.issuer).path) if idp else []),
         ]
     )
 
@@ -97,7 +173,7 @@ async def run_demo(loaded: LoadedConfig, *, config_path: str) -> None:
     # The gateway handles SIGINT/SIGTERM; the demo upstream stops when the gateway does.
     server = QuietServer(
         uvicorn.Config(
-            crm_app(),
+            crm_app(demo_identity_provider(loaded, upstream_url)),
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 80,
             log_level="warning",

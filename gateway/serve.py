@@ -25,14 +25,15 @@ import uvicorn
 
 from gateway.admin import admin_app
 from gateway.audit.sinks import AuditSink, FileSink
+from gateway.audit.streams import RedisStreamSink
 from gateway.config import LoadedConfig, ProxyConfig
-from gateway.issuer.app import issuer_app
+from gateway.issuer.app import IssuerApp
 from gateway.issuer.keys import KeyStore, KeyStoreError, SigningKey
 from gateway.proxy.app import ProxyApp
 from gateway.proxy.protocol import OnRefuse, guarded_protocol
 from gateway.reload import ConfigWatcher
 from gateway.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
-from gateway.state import RevocationList
+from gateway.state import RevocationList, SharedState, open_state
 
 log = logging.getLogger("tollbooth")
 
@@ -86,7 +87,7 @@ class Gateway:
     loaded: LoadedConfig
     keys: KeyStore
     audit: AuditSink
-    revocations: RevocationList = field(default_factory=RevocationList)
+    state: SharedState
     snapshot: Snapshot | None = None
     leases: Leases = field(default_factory=Leases)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -94,6 +95,10 @@ class Gateway:
     def current(self) -> Snapshot:
         assert self.snapshot is not None
         return self.snapshot
+
+    @property
+    def revocations(self) -> RevocationList:
+        return self.state.revocations
 
     def apply(self, loaded: LoadedConfig) -> None:
         previous = self.snapshot
@@ -113,18 +118,24 @@ class Gateway:
         return self.keys.verification_keys()
 
     async def watch_keys(self, interval: float) -> None:
-        """Reload the signing keys when a file in keys_dir appears, changes or goes (`tollbooth keys generate`)."""
+        """Reload the signing keys when a file in keys_dir appears, changes or goes (`tollbooth keys rotate`), and
+        when a retired key's window ends (it must stop being published though no file changed)."""
         keys_dir = Path(self.loaded.config.issuer.keys_dir)
         seen = await asyncio.to_thread(_listing, keys_dir)
         while True:
             await asyncio.sleep(interval)
             listing = await asyncio.to_thread(_listing, keys_dir)
-            if listing == seen:
+            if listing == seen and not self.keys.outdated():
                 continue
             seen = listing
+            config = self.loaded.config
             try:
                 self.keys = await asyncio.to_thread(
-                    KeyStore.load, keys_dir, self.loaded.config.issuer.algorithm, generate_if_empty=False
+                    KeyStore.load,
+                    keys_dir,
+                    config.issuer.algorithm,
+                    generate_if_empty=False,
+                    token_lifetime=KeyStore.token_lifetime(config),
                 )
             except KeyStoreError as exc:
                 log.error("signing keys not reloaded, the previous keys stay in use: %s", exc)
@@ -139,9 +150,12 @@ class Gateway:
             return None if self.snapshot is not None else "no valid config loaded"
 
         async def audit() -> str | None:
-            return None if self.audit.healthy else "audit sink cannot take events"
+            return self.audit.problem
 
-        checks = {"keys": keys, "config": config, "audit": audit}
+        async def state() -> str | None:
+            return self.state.problem()
+
+        checks = {"keys": keys, "config": config, "audit": audit, "state": state}
         if self.loaded.config.redis.url:
             client = redis.asyncio.Redis.from_url(
                 self.loaded.config.redis.url, socket_timeout=1, socket_connect_timeout=1
@@ -159,6 +173,7 @@ class Gateway:
         return checks
 
     async def aclose(self) -> None:
+        await self.state.aclose()
         await self.audit.aclose()
         if self.snapshot is not None:
             await self.snapshot.forwarder.aclose()
@@ -179,19 +194,27 @@ async def run_gateway(
     """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and drain the audit queue."""
     config = loaded.config
     selected = set(only)
-    keys = await asyncio.to_thread(KeyStore.load, config.issuer.keys_dir, config.issuer.algorithm)
-    audit = FileSink(config.audit.file, queue_size=config.audit.queue_size)
+    keys = await asyncio.to_thread(
+        KeyStore.load, config.issuer.keys_dir, config.issuer.algorithm, token_lifetime=KeyStore.token_lifetime(config)
+    )
+    audit: AuditSink
     if config.redis.url:
-        log.warning("redis.url is set, but this version writes audit events to %s", config.audit.file)
+        audit = RedisStreamSink.from_config(config.redis.url, config.audit)
+    else:
+        audit = FileSink(config.audit.file, queue_size=config.audit.queue_size)
     await audit.start()
-    gateway = Gateway(loaded=loaded, keys=keys, audit=audit)
+    state = open_state(config.redis.url, revocations_file=config.issuer.revocations_file)
+    await state.start()
+    gateway = Gateway(loaded=loaded, keys=keys, audit=audit, state=state)
     gateway.apply(loaded)
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
     proxy_app = ProxyApp(gateway.current, audit)
+    issuer = IssuerApp(lambda: gateway.loaded.config, lambda: gateway.keys, state, audit)
+    gateway._closers.append(issuer.aclose)
     apps: dict[str, tuple[object, str]] = {
         "proxy": (proxy_app, config.proxy.listen),
-        "issuer": (issuer_app(lambda: gateway.keys), config.issuer.listen),
+        "issuer": (issuer, config.issuer.listen),
         "admin": (admin_app(await gateway.readiness()), config.admin.listen),
     }
     servers: list[tuple[QuietServer, socket.socket]] = []

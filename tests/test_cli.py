@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 
 from gateway import __version__
 from gateway.cli import main
+from gateway.issuer.keys import SigningKey, generate_key, utc_text
 
 CONFIG = """\
 version: 1
@@ -126,6 +127,7 @@ VERBS = [
     ("keys",),
     ("keys", "generate"),
     ("keys", "rotate"),
+    ("keys", "prune"),
     ("keys", "list"),
     ("schema",),
     ("hash-secret",),
@@ -137,8 +139,7 @@ VERBS = [
 def test_every_verb_has_help(tmp_path: Path, verb: tuple[str, ...]) -> None:
     result = tollbooth(tmp_path, *verb, "--help")
     assert result.code == 0, result.err
-    shown = " ".join(verb).replace("keys rotate", "keys generate")  # rotate is generate's alias
-    assert result.out.startswith(f"usage: tollbooth {shown}")
+    assert result.out.startswith(f"usage: tollbooth {' '.join(verb)}")
     assert result.err == ""
 
 
@@ -401,7 +402,7 @@ def test_keys_generate_then_list_shows_two_keys_newest_active(project: Project) 
     assert all(row["algorithm"] == "ES256" for row in rows)
 
 
-def test_keys_rotate_is_generate(project: Project, cli: Callable[..., Result]) -> None:
+def test_keys_rotate_adds_a_new_active_key(project: Project, cli: Callable[..., Result]) -> None:
     assert cli("keys", "generate", "--config", str(project.config)).code == 0
     rotated = cli("keys", "rotate", "--config", str(project.config))
     assert rotated.code == 0, rotated.err
@@ -422,6 +423,129 @@ def test_keys_generate_into_another_directory(project: Project, cli: Callable[..
     assert result.code == 0, result.err
     assert "signs only once issuer.algorithm is EdDSA" in result.out
     assert [p.name.endswith("-EdDSA.pem") for p in other.glob("*.pem")] == [True]
+
+
+# The test config's token lifetime: access_token_ttl 5m + clock_leeway 30s + 60s reload margin.
+LIFETIME = 300 + 30 + 60
+
+
+@dataclass
+class AgedKeys:
+    expired: SigningKey  # retired long ago: its file goes at the next rotate or prune
+    retired: SigningKey  # signed until 100 s ago: published for LIFETIME - 100 s more
+    active: SigningKey
+    next: SigningKey  # a newer EdDSA key, not in use while issuer.algorithm is ES256
+    kept: SigningKey  # the only RS256 key: expired, but kept in case the config switches back
+
+
+def aged_keys(project: Project) -> AgedKeys:
+    now = time.time()
+    return AgedKeys(
+        kept=generate_key(project.keys, "RS256", now=now - 200_000),
+        expired=generate_key(project.keys, "ES256", now=now - 100_000),
+        retired=generate_key(project.keys, "ES256", now=now - 50_000),
+        active=generate_key(project.keys, "ES256", now=now - 100),
+        next=generate_key(project.keys, "EdDSA", now=now - 50),
+    )
+
+
+def test_keys_list_shows_each_keys_state(project: Project, cli: Callable[..., Result]) -> None:
+    keys = aged_keys(project)
+    result = cli("keys", "list", "--config", str(project.config))
+    assert result.code == 0, result.err
+    until = utc_text(keys.active.created_at + LIFETIME)
+    assert result.out.splitlines() == [
+        f"  {keys.next.kid}  EdDSA  {utc_text(keys.next.created_at)}  next",
+        f"* {keys.active.kid}  ES256  {utc_text(keys.active.created_at)}  active",
+        f"  {keys.retired.kid}  ES256  {utc_text(keys.retired.created_at)}  retired, published until {until}",
+        f"  {keys.expired.kid}  ES256  {utc_text(keys.expired.created_at)}  "
+        "expired (not published; pruned by keys rotate|prune)",
+        f"  {keys.kept.kid}  RS256  {utc_text(keys.kept.created_at)}  "
+        "expired (not published; kept as the newest RS256 key)",
+    ]
+
+
+def test_keys_list_json_has_the_state_as_fields(project: Project, cli: Callable[..., Result]) -> None:
+    keys = aged_keys(project)
+    result = cli("keys", "list", "--config", str(project.config), "--json")
+    assert result.code == 0, result.err
+    rows = {row["kid"]: row for row in json.loads(result.out)}
+    assert {kid: (row["state"], row["published"], row["prunable"]) for kid, row in rows.items()} == {
+        keys.next.kid: ("next", True, False),
+        keys.active.kid: ("active", True, False),
+        keys.retired.kid: ("retired", True, False),
+        keys.expired.kid: ("expired", False, True),
+        keys.kept.kid: ("expired", False, False),
+    }
+    retired = rows[keys.retired.kid]
+    assert retired["retired"] == utc_text(keys.active.created_at)
+    assert retired["published_until"] == utc_text(keys.active.created_at + LIFETIME)
+    assert (rows[keys.active.kid]["retired"], rows[keys.active.kid]["published_until"]) == (None, None)
+    assert [kid for kid, row in rows.items() if row["active"]] == [keys.active.kid]
+
+
+def test_keys_rotate_prunes_expired_key_files_only(project: Project, cli: Callable[..., Result]) -> None:
+    keys = aged_keys(project)
+    result = cli("keys", "rotate", "--config", str(project.config))
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("generated ES256 key ") and "now the active signing key" in lines[0]
+    assert lines[1] == (
+        f"deleted {keys.expired.path} (kid {keys.expired.kid}, ES256, "
+        f"published until {utc_text(keys.retired.created_at + LIFETIME)})"
+    )
+    remaining = {path.name for path in project.keys.glob("*.pem")}
+    assert keys.expired.path is not None and keys.expired.path.name not in remaining
+    assert {k.path.name for k in (keys.kept, keys.retired, keys.active, keys.next) if k.path} <= remaining
+    assert len(remaining) == 5  # four kept plus the new one
+
+
+def test_keys_rotate_dry_run_deletes_nothing(project: Project, cli: Callable[..., Result]) -> None:
+    keys = aged_keys(project)
+    before = sorted(project.keys.iterdir())
+    result = cli("keys", "rotate", "--config", str(project.config), "--dry-run")
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"would generate a new ES256 key in {project.keys}",
+        f"would delete {keys.expired.path} (kid {keys.expired.kid}, ES256, "
+        f"published until {utc_text(keys.retired.created_at + LIFETIME)})",
+    ]
+    assert sorted(project.keys.iterdir()) == before
+
+
+def test_keys_prune_deletes_expired_keys_and_generates_none(project: Project, cli: Callable[..., Result]) -> None:
+    keys = aged_keys(project)
+    dry = cli("keys", "prune", "--config", str(project.config), "--dry-run")
+    assert dry.code == 0 and dry.out.startswith(f"would delete {keys.expired.path} "), dry.err
+    assert keys.expired.path is not None and keys.expired.path.exists()
+    pruned = cli("keys", "prune", "--config", str(project.config))
+    assert pruned.code == 0 and pruned.out.startswith(f"deleted {keys.expired.path} "), pruned.err
+    assert len(list(project.keys.glob("*.pem"))) == 4
+    again = cli("keys", "prune", "--config", str(project.config))
+    assert again.out == "no expired keys to delete\n"
+
+
+def test_keys_generate_does_not_prune(project: Project, cli: Callable[..., Result]) -> None:
+    keys = aged_keys(project)
+    result = cli("keys", "generate", "--config", str(project.config))
+    assert result.code == 0, result.err
+    assert len(result.out.splitlines()) == 1
+    assert keys.expired.path is not None and keys.expired.path.exists()
+
+
+def test_keys_rotate_creates_private_files_in_a_private_directory(project: Project) -> None:
+    # The real command under a permissive umask (inherited by the child): 0600 and 0700 must not depend on it.
+    previous_umask = os.umask(0)
+    try:
+        result = tollbooth(project.dir, "keys", "rotate", "--config", "tollbooth.yaml")
+    finally:
+        os.umask(previous_umask)
+    assert result.code == 0, result.err
+    (path,) = project.keys.glob("*.pem")
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(project.keys.stat().st_mode & 0o777) == oct(0o700)
+    assert result.out.splitlines()[1] == "no expired keys to delete"
 
 
 # ---------------------------------------------------------------- hash-secret

@@ -10,16 +10,34 @@ import uuid
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
+import orjson
+
 SCHEMA_VERSION = "1"
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
-# Event ids: a random per-process prefix and a counter. Unique across processes and restarts, stable for
-# one event (a replay carries the same id), and far cheaper than a uuid4 per event.
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_ids = itertools.count(1)
 
 
-def _next_event_id() -> str:
-    return f"{_ID_PREFIX}-{next(_ids)}"
+class EventIds:
+    """Event ids `<prefix>-<n>`: a random prefix and a counter. Unique across processes and restarts, stable for
+    one event (a replay carries the same id), and far cheaper than a uuid4 per event. One generator hands out
+    increasing numbers, which the Redis sink relies on to recognise what it already wrote (streams.py)."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex[:16]
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}-{next(self._counter)}"
+
+
+def split_event_id(event_id: str) -> tuple[str, int]:
+    """`<prefix>-<n>` → (prefix, n); ValueError for anything else."""
+    prefix, _, number = event_id.rpartition("-")
+    if not prefix or not number.isdigit():
+        raise ValueError(f"not an event id: {event_id!r}")
+    return prefix, int(number)
+
+
+_process_ids = EventIds()
 
 
 EVENT_KINDS = frozenset(
@@ -38,6 +56,14 @@ EVENT_KINDS = frozenset(
 def rfc3339_ms(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-25T13:28:15.123Z."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    """The inverse of `rfc3339_ms` (any RFC 3339 offset accepted) → Unix time; ValueError when malformed."""
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return parsed.timestamp()
 
 
 @dataclass(slots=True)
@@ -78,12 +104,14 @@ class AuditEvent:
                 continue
             out[name] = f"{value:.3f}" if isinstance(value, float) else str(value)
         if not self.id:
-            self.id = _next_event_id()
+            self.id = _process_ids.next()
         out["id"] = self.id
         return out
 
 
 _OPTIONAL = tuple(f.name for f in fields(AuditEvent) if f.name not in ("event", "ts", "id"))
+# Every field `to_fields` may write, in its order: a stream entry lists its fields in this order.
+FIELD_ORDER = ("v", "ts", "event", "instance", *_OPTIONAL, "id")
 
 
 def config_event(kind: str, *, reason: str, path: str) -> AuditEvent:
@@ -91,3 +119,18 @@ def config_event(kind: str, *, reason: str, path: str) -> AuditEvent:
     return AuditEvent(
         event=kind, ts=time.time(), path=path, reason=reason, decision="allow" if kind == "config.reloaded" else "deny"
     )
+
+
+def encode_event(event: AuditEvent) -> bytes:
+    """One JSON line. Never raises: a field no JSON encoder accepts (a lone surrogate) is escaped, not fatal,
+    because one bad event must not stop the writer that every later event depends on."""
+    return encode_fields(event.to_fields())
+
+
+def encode_fields(fields: dict[str, str]) -> bytes:
+    """`encode_event` for fields already taken from the event."""
+    try:
+        return orjson.dumps(fields) + b"\n"
+    except TypeError:
+        clean = {k: v.encode("utf-8", "backslashreplace").decode("utf-8") for k, v in fields.items()}
+        return orjson.dumps(clean) + b"\n"

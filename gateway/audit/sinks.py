@@ -13,14 +13,13 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-import orjson
-
-from gateway.audit.events import AuditEvent
+from gateway.audit.events import AuditEvent, encode_event
 from gateway.metrics import AUDIT_EVENTS, AUDIT_QUEUE_DEPTH
 
 log = logging.getLogger("tollbooth.audit")
 
-_LINGER_SECONDS = 0.01
+# How long a writer waits for a batch to fill: a busy gateway writes a few large batches, not one per event.
+LINGER_SECONDS = 0.01
 
 
 class AuditSink(Protocol):
@@ -31,24 +30,20 @@ class AuditSink(Protocol):
         ...
 
     @property
-    def healthy(self) -> bool: ...
+    def healthy(self) -> bool:
+        """The sink can take events now; with `on_failure: deny` the proxy answers 503 while it cannot."""
+        ...
+
+    @property
+    def problem(self) -> str | None:
+        """None when the audit path works as configured; else what is wrong, degraded states included (/readyz)."""
+        ...
 
     async def start(self) -> None: ...
 
     async def aclose(self) -> None:
         """Stop accepting and write everything still queued."""
         ...
-
-
-def encode_event(event: AuditEvent) -> bytes:
-    """One JSON line. Never raises: a field no JSON encoder accepts (a lone surrogate) is escaped, not fatal,
-    because one bad event must not stop the writer that every later event depends on."""
-    fields = event.to_fields()
-    try:
-        return orjson.dumps(fields) + b"\n"
-    except TypeError:
-        clean = {k: v.encode("utf-8", "backslashreplace").decode("utf-8") for k, v in fields.items()}
-        return orjson.dumps(clean) + b"\n"
 
 
 class FileSink:
@@ -71,6 +66,16 @@ class FileSink:
     def healthy(self) -> bool:
         running = self._task is not None and not self._task.done()
         return running and not self._failing and len(self._queue) < self._queue_size
+
+    @property
+    def problem(self) -> str | None:
+        if self._task is None or self._task.done():
+            return "audit writer not running"
+        if self._failing:
+            return f"audit file {self.path} not writable"
+        if len(self._queue) >= self._queue_size:
+            return "audit queue full"
+        return None
 
     def emit(self, event: AuditEvent) -> bool:
         if self._closing or len(self._queue) >= self._queue_size:
@@ -102,8 +107,7 @@ class FileSink:
         while True:
             await self._wakeup.wait()
             if not self._closing and len(self._queue) < self._batch_size:
-                # Linger a moment so a busy gateway writes a few large batches, not one thread hop per event.
-                await asyncio.sleep(_LINGER_SECONDS)
+                await asyncio.sleep(LINGER_SECONDS)
             self._wakeup.clear()
             while self._queue:
                 batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]

@@ -1,22 +1,343 @@
-"""The token service's listener. Publishes the signing keys (RFC 7517) that the proxy and others verify with."""
+"""The token service's listener: token (RFC 6749, 8693), revocation (RFC 7009), introspection (RFC 7662),
+authorization server metadata (RFC 8414) and the signing keys (RFC 7517).
+
+The endpoints only wire the steps: parse the form, authenticate the client (clients.py), run the grant
+(grants.py), answer, audit. Every answer from the token endpoints is `Cache-Control: no-store`.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
+import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.audit.events import AuditEvent
+from gateway.audit.sinks import AuditSink
+from gateway.config import Config
+from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, VerifiedSecrets
+from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService
 from gateway.issuer.keys import KeyStore
+from gateway.issuer.oauth import NO_STORE, Form, OAuthError, error_response, parse_form
+from gateway.issuer.subjects import SubjectVerifier
+from gateway.issuer.tokens import VERIFY_ALGORITHMS, InvalidToken, parse_unverified, validate_claims, verify_signature
+from gateway.metrics import TOKEN_REQUESTS
+from gateway.proxy.stamp import request_id_from
+from gateway.state import SharedState, StateUnavailable, refresh_token_hash
+
+log = logging.getLogger("tollbooth.issuer")
+
+TOKEN_PATH = "/oauth/token"  # noqa: S105 (a path, not a secret)
+REVOKE_PATH = "/oauth/revoke"
+INTROSPECT_PATH = "/oauth/introspect"
+JWKS_PATH = "/.well-known/jwks.json"
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+_MAX_AUDIT_NAME = 128
 
 
-def issuer_app(keys: Callable[[], KeyStore]) -> Starlette:
-    """`keys` returns the key store in force (it is replaced when keys are rotated)."""
+def endpoint(config: Config, path: str) -> str:
+    return config.issuer.url.rstrip("/") + path
 
-    async def jwks(request: Request) -> Response:
+
+def authorization_server_metadata(config: Config) -> dict[str, Any]:
+    """RFC 8414 §2. `issuer` is exactly the `iss` of our tokens."""
+    methods = list(AUTH_METHODS)
+    algorithms = list(VERIFY_ALGORITHMS)
+    scopes = sorted({scope for agent in config.agents.values() for scope in agent.scopes})
+    return {
+        "issuer": config.issuer.url,
+        "token_endpoint": endpoint(config, TOKEN_PATH),
+        "jwks_uri": endpoint(config, JWKS_PATH),
+        "scopes_supported": scopes,
+        # Required by RFC 8414 even without an authorization endpoint: this server has no response types.
+        "response_types_supported": [],
+        "grant_types_supported": list(GRANT_TYPES),
+        "token_endpoint_auth_methods_supported": methods,
+        "token_endpoint_auth_signing_alg_values_supported": algorithms,
+        "revocation_endpoint": endpoint(config, REVOKE_PATH),
+        "revocation_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": algorithms,
+        "introspection_endpoint": endpoint(config, INTROSPECT_PATH),
+        "introspection_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": algorithms,
+        "resource_indicators_supported": True,
+    }
+
+
+def _audit_name(value: str | None) -> str:
+    # An unauthenticated caller chose this text: bound it and keep it printable before it reaches the audit log.
+    return "".join(c for c in (value or "")[:_MAX_AUDIT_NAME] if c.isprintable())
+
+
+def _delegation(act: Any) -> str:
+    actors = []
+    while isinstance(act, dict) and isinstance(act.get("sub"), str):
+        actors.append(act["sub"])
+        act = act.get("act")
+    return ",".join(actors)
+
+
+@dataclass
+class _Parts:
+    """What the endpoints need from one config; rebuilt when the config is replaced (hot reload)."""
+
+    config: Config
+    clients: ClientRegistry
+    tokens: TokenService
+
+
+class IssuerApp:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        keys: Callable[[], KeyStore],
+        state: SharedState,
+        audit: AuditSink,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._config = config
+        self._keys = keys
+        self._state = state
+        self._audit = audit
+        self._clock = clock
+        self._http = httpx2.AsyncClient(follow_redirects=False)
+        self._parts: _Parts | None = None
+        self._verified_secrets = VerifiedSecrets()  # outlives reloads: keyed by the stored hash
+        self._subjects: tuple[tuple[object, ...], SubjectVerifier] | None = None
+        self.app = Starlette(
+            routes=[
+                Route(TOKEN_PATH, self.token, methods=["POST"]),
+                Route(REVOKE_PATH, self.revoke, methods=["POST"]),
+                Route(INTROSPECT_PATH, self.introspect, methods=["POST"]),
+                Route(JWKS_PATH, self.jwks, methods=["GET", "HEAD"]),
+                Route(METADATA_PATH, self.metadata, methods=["GET", "HEAD"]),
+                # RFC 8414 §3.1: an issuer URL with a path has its metadata at the path-inserted location.
+                Route(METADATA_PATH + "/{path:path}", self.metadata, methods=["GET", "HEAD"]),
+            ]
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _current(self) -> _Parts:
+        config = self._config()
+        if self._parts is None or self._parts.config is not config:
+            subjects = self._subject_verifier(config)
+            self._parts = _Parts(
+                config=config,
+                clients=ClientRegistry(
+                    config.agents,
+                    issuer=config.issuer.url,
+                    token_endpoint=endpoint(config, TOKEN_PATH),
+                    state=self._state,
+                    leeway=config.proxy.clock_leeway,
+                    verified=self._verified_secrets,
+                    clock=self._clock,
+                ),
+                tokens=TokenService(
+                    config,
+                    signing_key=lambda: self._keys().active,
+                    state=self._state,
+                    subjects=subjects,
+                    clock=self._clock,
+                ),
+            )
+        return self._parts
+
+    def _subject_verifier(self, config: Config) -> SubjectVerifier:
+        # Kept across reloads that leave it unchanged, so the trusted issuers' JWKS caches stay warm.
+        inputs = (config.issuer.url, config.proxy.public_url, tuple(config.trusted_issuers), config.proxy.clock_leeway)
+        if self._subjects is None or self._subjects[0] != inputs:
+            verifier = SubjectVerifier(
+                issuer=config.issuer.url,
+                public_url=config.proxy.public_url,
+                keys=lambda: self._keys().verification_keys(),
+                trusted_issuers=config.trusted_issuers,
+                revocations=self._state.revocations,
+                http=self._http,
+                leeway=config.proxy.clock_leeway,
+                clock=self._clock,
+            )
+            self._subjects = (inputs, verifier)
+        return self._subjects[1]
+
+    async def _authenticated(self, request: Request, path: str) -> tuple[_Parts, Form, Client]:
+        parts = self._current()
+        form = parse_form(request.headers.get("content-type"), await request.body())
+        authorization = request.headers.get("authorization")
+        client = await parts.clients.authenticate(form, authorization, endpoint(parts.config, path))
+        return parts, form, client
+
+    def _event(self, request: Request, kind: str, started: float, status: int, **fields: Any) -> AuditEvent:
+        return AuditEvent(
+            event=kind,
+            ts=time.time(),
+            request_id=request_id_from(request.headers.get("x-request-id", "").encode("latin-1")),
+            client_ip=request.client.host if request.client else "",
+            method=request.method,
+            path=request.url.path,
+            status=status,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            **fields,
+        )
+
+    def _answer(self, event: AuditEvent, response: Response) -> Response:
+        TOKEN_REQUESTS.labels(event=event.event, outcome=event.reason or "ok").inc()
+        response.headers["x-request-id"] = event.request_id
+        if not self._audit.emit(event) and self._config().audit.on_failure == "deny":
+            # audit.on_failure: deny: nothing is issued or revoked without a record of it.
+            unavailable = OAuthError(
+                "temporarily_unavailable", "the audit log cannot take events; try again shortly", status=503
+            )
+            return error_response(unavailable)
+        return response
+
+    def _refused(self, request: Request, started: float, error: OAuthError, agent: str = "") -> Response:
+        log.info("token service refused %s: %s (%s)", request.url.path, error.error, error.reason)
+        event = self._event(
+            request, "token.denied", started, error.status, agent=agent, decision="deny", reason=error.reason
+        )
+        return self._answer(event, error_response(error))
+
+    async def token(self, request: Request) -> Response:
+        started = time.perf_counter()
+        client: Client | None = None
+        form = Form()
+        try:
+            parts, form, client = await self._authenticated(request, TOKEN_PATH)
+            issued = await parts.tokens.grant(client, form)
+        except OAuthError as error:
+            return self._refused(request, started, error, client.id if client else _audit_name(form.get("client_id")))
+        except StateUnavailable as exc:
+            return self._refused(request, started, _unavailable(exc), client.id if client else "")
+        event = self._issued_event(request, started, issued, client.id)
+        return self._answer(event, JSONResponse(issued.response(), headers=NO_STORE))
+
+    def _issued_event(self, request: Request, started: float, issued: Issued, agent: str) -> AuditEvent:
+        claims = issued.claims
+        return self._event(
+            request,
+            issued.event,
+            started,
+            200,
+            agent=agent,
+            subject=claims["sub"],
+            delegation=_delegation(claims.get("act")),
+            granted_scopes=issued.scopes,
+            jti=claims["jti"],
+            decision="allow",
+        )
+
+    async def revoke(self, request: Request) -> Response:
+        """RFC 7009 §2: 200 with an empty body whether or not the token was known (§2.2)."""
+        started = time.perf_counter()
+        client: Client | None = None
+        try:
+            parts, form, client = await self._authenticated(request, REVOKE_PATH)
+            fields = await self._revoke(parts.config, form.require("token"), client)
+        except OAuthError as error:
+            return self._refused(request, started, error, client.id if client else "")
+        except StateUnavailable as exc:
+            return self._refused(request, started, _unavailable(exc), client.id if client else "")
+        event = self._event(request, "token.revoked", started, 200, agent=client.id, decision="allow", **fields)
+        return self._answer(event, Response(status_code=200, headers=NO_STORE))
+
+    async def _revoke(self, config: Config, token: str, client: Client) -> dict[str, str]:
+        claims = self._our_signed_claims(config, token)
+        if claims is not None:
+            if claims.get("client_id") != client.id:
+                # RFC 7009 §2.1: only the client the token was issued to may revoke it; it stays valid.
+                raise OAuthError("invalid_grant", "the token was issued to another client", reason="other_client")
+            jti, exp = claims.get("jti"), claims.get("exp")
+            if (
+                isinstance(jti, str)
+                and isinstance(exp, int | float)
+                and exp + config.proxy.clock_leeway > self._clock()
+            ):
+                await self._state.revoke_jti(jti, float(exp))
+            return {"jti": str(jti), "subject": str(claims.get("sub", "")), "reason": "access_token"}
+        grant = await self._state.find_refresh(refresh_token_hash(token))
+        if grant is None:
+            return {"reason": "unknown_token"}
+        if grant.agent != client.id:
+            raise OAuthError("invalid_grant", "the token was issued to another client", reason="other_client")
+        # RFC 7009 §2.1: revoking a refresh token ends its family and the access tokens issued from it.
+        await self._state.revoke_family(grant.family)
+        return {"subject": grant.subject, "delegation": _delegation(grant.act), "reason": "refresh_token"}
+
+    def _our_signed_claims(self, config: Config, token: str) -> dict[str, Any] | None:
+        """The claims of a token our keys signed (expired or not), else None."""
+        try:
+            unverified = parse_unverified(token)
+            key = self._keys().verification_keys().get(unverified.header.get("kid", ""))
+            if key is None or unverified.claims.get("iss") != config.issuer.url:
+                return None
+            return verify_signature(token, unverified.header.get("alg", ""), key)
+        except InvalidToken:
+            return None
+
+    async def introspect(self, request: Request) -> Response:
+        """RFC 7662 §2.2: anything not active, or not the caller's, is exactly {"active": false}."""
+        started = time.perf_counter()
+        try:
+            parts, form, client = await self._authenticated(request, INTROSPECT_PATH)
+            token = form.require("token")
+        except OAuthError as error:
+            return self._refused(request, started, error)
+        config = parts.config
+        claims = self._our_signed_claims(config, token)
+        body: dict[str, Any] = {"active": False}
+        if claims is not None and claims.get("client_id") == client.id:
+            try:
+                principal = validate_claims(
+                    claims,
+                    issuer=config.issuer.url,
+                    audience=config.proxy.public_url,
+                    now=self._clock(),
+                    leeway=0,  # introspection answers "is it active now", without the proxy's grace
+                )
+            except InvalidToken:
+                principal = None
+            if principal is not None and not self._state.revocations.is_revoked(principal):
+                body = {"active": True, "token_type": "Bearer"}
+                body.update(
+                    {
+                        k: claims[k]
+                        for k in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act")
+                        if k in claims
+                    }
+                )
+        return JSONResponse(body, headers=NO_STORE)
+
+    async def jwks(self, request: Request) -> Response:
         # Short cache: verifiers pick up a rotated key within minutes, and refetch on an unknown kid anyway.
-        return JSONResponse(keys().jwks(), headers={"cache-control": "public, max-age=300"})
+        return JSONResponse(self._keys().jwks(), headers={"cache-control": "public, max-age=300"})
 
-    return Starlette(routes=[Route("/.well-known/jwks.json", jwks, methods=["GET", "HEAD"])])
+    async def metadata(self, request: Request) -> Response:
+        config = self._config()
+        issuer_path = urlsplit(config.issuer.url).path.strip("/")
+        if request.path_params.get("path", "").strip("/") != issuer_path:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return JSONResponse(authorization_server_metadata(config), headers={"cache-control": "public, max-age=300"})
+
+
+def _unavailable(exc: StateUnavailable) -> OAuthError:
+    log.error("token service state unavailable: %s", exc)
+    return OAuthError(
+        "temporarily_unavailable",
+        "shared state is unreachable; try again shortly",
+        status=503,
+        reason="state_unavailable",
+    )

@@ -28,7 +28,11 @@ from jwt.exceptions import InvalidSignatureError, PyJWTError
 from gateway.issuer.keys import SigningKey
 from gateway.principal import Principal
 
-ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 §2.1; media types are case-insensitive
+ACCESS_TOKEN_TYPES: frozenset[str | None] = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 §2.1
+# An identity provider's access tokens often predate RFC 9068 and say `JWT` or nothing (RFC 8725 §3.11 asks
+# for explicit types but cannot make IdPs comply). Other explicit types (ID tokens say nothing either, but their
+# audience is the relying party, never us) mark tokens of another kind: a DPoP proof, a logout token.
+SUBJECT_TOKEN_TYPES: frozenset[str | None] = ACCESS_TOKEN_TYPES | {"jwt", "application/jwt", None}
 REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")  # RFC 9068 §2.2
 VERIFY_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
 # Headers that bring or point at keys (RFC 7515 §4.1.2-4.1.6) let the token pick its own key (CVE-2018-0114 for
@@ -108,10 +112,12 @@ def parse_unverified(token: str) -> UnverifiedToken:
     return UnverifiedToken(header=_segment_json(segments[0]), claims=_segment_json(segments[1]))
 
 
-def check_header(header: dict[str, Any]) -> tuple[str, str]:
+def check_header(
+    header: dict[str, Any], *, accepted_types: frozenset[str | None] = ACCESS_TOKEN_TYPES
+) -> tuple[str, str]:
     """RFC 9068 §4 and RFC 8725 §3.1, §3.11 header rules; return (kid, alg) for the key lookup."""
     typ = header.get("typ")
-    if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+    if not (typ is None or isinstance(typ, str)) or (typ.lower() if typ else typ) not in accepted_types:
         # RFC 9068 §4: an ID token or a client assertion signed by the same key is not an access token.
         raise InvalidToken("wrong_typ", "The token is not a JWT access token (typ must be at+jwt)")
     for name in FORBIDDEN_HEADERS:
@@ -293,3 +299,54 @@ def mint_access_token(
         payload, key.private_key, algorithm=key.algorithm, headers={"typ": "at+jwt", "kid": key.kid}
     )
     return token, claims
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectToken:
+    """A verified RFC 8693 subject token: whom a delegated token will be for, and what it already allows."""
+
+    issuer: str
+    subject: str
+    scopes: frozenset[str]
+    expires_at: float
+    act: dict[str, Any] | None  # the chain so far (RFC 8693 §4.1), nested outermost-first
+    may_act: dict[str, Any] | None  # RFC 8693 §4.4: who may act for the subject, when the token says
+
+
+def validate_subject_claims(
+    claims: dict[str, Any], *, issuer: str, audiences: Iterable[str], now: float, leeway: float
+) -> SubjectToken:
+    """Claim checks for a token presented for exchange. Laxer than `validate_claims` only where identity
+    providers differ (no `client_id` or `jti` needed, `scp` arrays read as scopes); never on issuer, audience,
+    expiry or identifiers."""
+    for name in ("iss", "sub", "aud", "exp"):
+        if name not in claims:
+            raise InvalidToken("missing_claim", f"The subject token has no {name} claim")
+    if claims["iss"] != issuer:
+        raise InvalidToken("wrong_issuer", "The subject token was not issued by the expected issuer")
+    if not set(_audiences(claims["aud"])) & set(audiences):
+        raise InvalidToken("wrong_audience", "The subject token is not meant for this token service")
+    expires_at = _numeric_date(claims, "exp")
+    if now - leeway >= expires_at:
+        raise InvalidToken("expired", "The subject token has expired")
+    if "nbf" in claims and _numeric_date(claims, "nbf") > now + leeway:
+        raise InvalidToken("not_yet_valid", "The subject token is not valid yet")
+    if "iat" in claims and _numeric_date(claims, "iat") > now + leeway:
+        raise InvalidToken("issued_in_future", "The subject token was issued in the future")
+    scopes = _scopes(claims)
+    scp = claims.get("scp")  # Okta and Entra ID put scopes in an array named scp
+    if isinstance(scp, list) and all(isinstance(s, str) and _SCOPE_TOKEN.match(s) for s in scp):
+        scopes |= frozenset(scp)
+    act = claims.get("act")
+    delegation_chain(act)  # well-formed, bounded, identifiers only
+    may_act = claims.get("may_act")
+    if may_act is not None and not (isinstance(may_act, dict) and isinstance(may_act.get("sub"), str)):
+        raise InvalidToken("bad_claim", "The subject token's may_act claim has no sub")
+    return SubjectToken(
+        issuer=issuer,
+        subject=_identifier(claims, "sub"),
+        scopes=scopes,
+        expires_at=expires_at,
+        act=act,
+        may_act=may_act,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -24,7 +25,12 @@ def demo_config(tmp: Path) -> Path:
     config["issuer"].update(listen=f"127.0.0.1:{issuer}", url=f"http://127.0.0.1:{issuer}", keys_dir=str(tmp / "keys"))
     config["admin"]["listen"] = f"127.0.0.1:{free_port()}"
     config["audit"]["file"] = str(tmp / "audit.jsonl")
-    config["upstreams"]["crm"]["url"] = f"http://127.0.0.1:{free_port()}"
+    upstream = f"http://127.0.0.1:{free_port()}"
+    config["upstreams"]["crm"]["url"] = upstream
+    for trusted in config.get("trusted_issuers") or []:  # the demo identity provider lives on the demo upstream
+        for key in ("issuer", "jwks_uri"):
+            trusted[key] = trusted[key].replace("http://127.0.0.1:9000", upstream)
+        trusted["audiences"] = [config["issuer"]["url"]]
     (tmp / "routes.yaml").write_text((ROOT / "config" / "routes.yaml").read_text())
     path = tmp / "example.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -69,6 +75,71 @@ def test_demo_prints_lines_that_work(tmp_path: Path):
         denied = httpx2.post(f"{proxy}/v1/customers", headers=bearer, json={"name": "Alan"})
         assert denied.status_code == 403 and denied.json()["error"] == "insufficient_scope"
         assert httpx2.get(f"{proxy}/v1/customers/42").status_code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+
+
+def _readme_block(marker: str, replacements: dict[str, str]) -> str:
+    """The fenced block after `<!-- walkthrough: {marker} ... -->` in README.md, moved to the test's ports."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"<!-- walkthrough: {marker}")
+    block = readme[readme.index("\n```", start) :].split("\n", 2)[2]
+    block = block[: block.index("\n```")]
+    for old, new in replacements.items():
+        block = block.replace(old, new)
+    return block
+
+
+def test_readme_token_service_walkthrough_works_as_written(tmp_path: Path):
+    config_path = demo_config(tmp_path)
+    config = yaml.safe_load(config_path.read_text())
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the README's commands say .venv/bin/...
+    env = {k: v for k, v in os.environ.items() if k not in ("CRM_API_KEY", "REDIS_URL", "BILLING_BOT_SECRET_HASH")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "demo", "--config", str(config_path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        while "Try it" not in (line := process.stdout.readline()):
+            assert line, "demo exited early"
+        moves = {
+            "http://127.0.0.1:8081": config["issuer"]["url"],
+            "http://127.0.0.1:8080": config["proxy"]["public_url"],
+            "http://127.0.0.1:9000": config["upstreams"]["crm"]["url"],
+        }
+        proxy = config["proxy"]["public_url"]
+        wait_until(lambda: httpx2.get(f"{proxy}/status").status_code == 200, what="demo upstream")
+        shell = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", _readme_block("token service", moves)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shell.returncode == 0, shell.stderr
+        direct, delegated, revoked = shell.stdout.split("\n", 2)
+        assert json.loads(direct)["seen_by_upstream"]["x-tollbooth-agent"] == "billing-bot"
+        seen = json.loads(delegated)["seen_by_upstream"]
+        assert seen["x-tollbooth-subject"] == "user:alice" and seen["x-tollbooth-delegation"] == "billing-bot"
+        assert revoked.startswith("HTTP/1.1 401") and "has been revoked" in revoked
+
+        authlib = subprocess.run(
+            [sys.executable, "-c", _readme_block("authlib", moves)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert authlib.returncode == 0, authlib.stderr
+        assert "Ada Lovelace" in authlib.stdout
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
