@@ -209,7 +209,7 @@ async def run_gateway(
     gateway.apply(loaded)
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
-    proxy_app = ProxyApp(gateway.current, audit)
+    proxy_app = ProxyApp(gateway.current, audit, state.problem)
     issuer = IssuerApp(lambda: gateway.loaded.config, lambda: gateway.keys, state, audit)
     gateway._closers.append(issuer.aclose)
     apps: dict[str, tuple[object, str]] = {

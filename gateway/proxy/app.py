@@ -96,9 +96,12 @@ class Crossing:
 class ProxyApp:
     """The enforcing proxy as a plain ASGI callable."""
 
-    def __init__(self, live: Callable[[], Snapshot], audit: AuditSink) -> None:
+    def __init__(
+        self, live: Callable[[], Snapshot], audit: AuditSink, state_problem: Callable[[], str | None] = lambda: None
+    ) -> None:
         self._live = live
         self._audit = audit
+        self._state_problem = state_problem  # why the revocation view may be stale, or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,16 +197,28 @@ class ProxyApp:
             )
             return
         assert route is not None
-        if not self._audit.healthy and snap.config.audit.on_failure == "deny":
-            await self._deny(
-                send,
-                crossing,
-                503,
-                "audit_unavailable",
-                "the audit trail cannot record this request",
-                reason="audit_unavailable",
-            )
-            return
+        if snap.config.audit.on_failure == "deny":
+            # Strict mode (DESIGN.md): refuse rather than serve unaudited, or on a revocation list that may be stale.
+            if not self._audit.healthy:
+                await self._deny(
+                    send,
+                    crossing,
+                    503,
+                    "audit_unavailable",
+                    "the audit trail cannot record this request",
+                    reason="audit_unavailable",
+                )
+                return
+            if self._state_problem() is not None:
+                await self._deny(
+                    send,
+                    crossing,
+                    503,
+                    "revocations_unavailable",
+                    "the gateway cannot tell whether tokens were revoked right now",
+                    reason="revocations_unavailable",
+                )
+                return
         # Content-Length over the limit is refused before any byte goes upstream.
         limit = snap.config.proxy.max_body_bytes
         content_length = head.content_length
