@@ -523,6 +523,21 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
     audit_tail.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     audit_tail.set_defaults(func=cmd_audit_tail)
 
+    revoke = verbs.add_parser(
+        "revoke",
+        help="revoke a token by jti, or every token of an agent or subject",
+        description="Revoke tokens at every gateway sharing this config's state (Redis when redis.url is set, "
+        "else issuer.revocations_file). --agent and --subject revoke every token issued until now, refresh "
+        "tokens included; tokens issued afterwards work. The jti of a token is in the audit log and in "
+        "X-Tollbooth-Token-Id upstream.",
+    )
+    _add_config(revoke)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--jti", help="the token id (jti claim) of one access token")
+    which.add_argument("--agent", help="an agent's client_id: every token issued to it so far")
+    which.add_argument("--subject", help="a subject (user or org): every token issued for it so far")
+    revoke.set_defaults(func=cmd_revoke)
+
     schema = verbs.add_parser(
         "schema",
         help="print the config's JSON Schema",

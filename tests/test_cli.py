@@ -129,6 +129,7 @@ VERBS = [
     ("keys", "rotate"),
     ("keys", "prune"),
     ("keys", "list"),
+    ("revoke",),
     ("schema",),
     ("hash-secret",),
     ("demo",),

@@ -176,6 +176,7 @@ class IssuerApp:
     async def _authenticated(self, request: Request, path: str) -> tuple[_Parts, Form, Client]:
         parts = self._current()
         form = parse_form(request.headers.get("content-type"), await request.body())
+        request.state.form = form  # token() audits the claimed client_id when authentication fails
         authorization = request.headers.get("authorization")
         client = await parts.clients.authenticate(form, authorization, endpoint(parts.config, path))
         return parts, form, client
@@ -219,7 +220,8 @@ class IssuerApp:
             parts, form, client = await self._authenticated(request, TOKEN_PATH)
             issued = await parts.tokens.grant(client, form)
         except OAuthError as error:
-            return self._refused(request, started, error, client.id if client else _audit_name(form.get("client_id")))
+            claimed = getattr(request.state, "form", form).get("client_id")
+            return self._refused(request, started, error, client.id if client else _audit_name(claimed))
         except StateUnavailable as exc:
             return self._refused(request, started, _unavailable(exc), client.id if client else "")
         event = self._issued_event(request, started, issued, client.id)
@@ -319,7 +321,8 @@ class IssuerApp:
                         if k in claims
                     }
                 )
-        return JSONResponse(body, headers=NO_STORE)
+        request_id = request_id_from(request.headers.get("x-request-id", "").encode("latin-1"))
+        return JSONResponse(body, headers={**NO_STORE, "x-request-id": request_id})
 
     async def jwks(self, request: Request) -> Response:
         # Short cache: verifiers pick up a rotated key within minutes, and refetch on an unknown kid anyway.

@@ -157,14 +157,14 @@ class TokenService:
 
     async def grant(self, client: Client, form: Form) -> Issued:
         grant_type = form.require("grant_type")
+        if grant_type not in GRANT_TYPES:
+            raise OAuthError("unsupported_grant_type", f"supported grant types: {', '.join(GRANT_TYPES)}")
         audience = resource_audience(form.all("resource") + form.all("audience"), self.config.proxy.public_url)
         if grant_type == CLIENT_CREDENTIALS:
             return self._client_credentials(client, form, audience)
         if grant_type == TOKEN_EXCHANGE:
             return await self._token_exchange(client, form, audience)
-        if grant_type == REFRESH_TOKEN:
-            return await self._refresh(client, form, audience)
-        raise OAuthError("unsupported_grant_type", f"supported grant types: {', '.join(GRANT_TYPES)}")
+        return await self._refresh(client, form, audience)
 
     def _client_credentials(self, client: Client, form: Form, audience: str) -> Issued:
         agent = client.config
@@ -266,6 +266,8 @@ class TokenService:
         if self._state.revocations.is_cut_off(grant.agent, grant.subject, grant.issued_at):
             raise OAuthError("invalid_grant", "the refresh token has been revoked", reason="revoked")
         # RFC 6749 §6: a refresh may narrow the scope, never widen it; the family keeps its original scope.
+        # Checked before rotating so a client's scope mistake does not spend its token. A spent token refused
+        # here is not yet treated as reuse: nothing is issued, and its next well-formed use is.
         scopes = choose_scopes(parse_scope(form.get("scope")), grant.scopes, [(set(grant.scopes), "the refresh token")])
         new_token = secrets.token_urlsafe(32)
         try:
