@@ -8,12 +8,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from gateway import __version__
 from gateway.config import ConfigError, LoadedConfig, config_schema, load_config, parse_duration
 
 DEFAULT_CONFIG = os.environ.get("TOLLBOOTH_CONFIG", "config/example.yaml")
+MAX_DEV_TOKEN_TTL = 86400.0
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -156,6 +159,9 @@ def cmd_token(args: argparse.Namespace) -> int:
             f"(agents.{args.agent}.scopes allows: {' '.join(agent.scopes) or 'nothing'})"
         )
     ttl = config.issuer.access_token_ttl if args.ttl is None else _duration(args.ttl, "--ttl")
+    if ttl > MAX_DEV_TOKEN_TTL:
+        # `tollbooth revoke --jti` keeps a revocation a day when it cannot know the token's expiry.
+        _fail(f"--ttl {args.ttl}: development tokens live at most {MAX_DEV_TOKEN_TTL / 3600:g}h")
     if agent.max_token_ttl is not None:
         if args.ttl is not None and ttl > agent.max_token_ttl:
             _fail(f"--ttl {args.ttl}: agent {args.agent!r} may hold tokens for at most {agent.max_token_ttl:g}s")
@@ -272,10 +278,18 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     now = time.time()
     # A jti alone does not say when its token expires: keep the entry as long as any token of ours can live
     # (`tollbooth token --ttl` may mint long-lived development tokens, hence the day).
-    keep_until = now + max(config.issuer.access_token_ttl, 86400.0) + config.proxy.clock_leeway
+    keep_until = now + max(config.issuer.access_token_ttl, MAX_DEV_TOKEN_TTL) + config.proxy.clock_leeway
+
+    journal = Path(config.issuer.revocations_file).resolve()
+    if not config.redis.url and not journal.exists():
+        # Relative paths are read from the working directory: from elsewhere this would revoke nothing anyone reads.
+        _fail(
+            f"nothing revoked: no revocations file at {journal}, so no gateway reads it. Run this where the gateway "
+            "runs (issuer.revocations_file is relative to the working directory), or set it to an absolute path."
+        )
 
     async def revoke() -> str:
-        state = open_state(config.redis.url, revocations_file=config.issuer.revocations_file)
+        state = open_state(config.redis.url, revocations_file=journal)
         try:
             if args.jti:
                 await state.revoke_jti(args.jti, keep_until)
@@ -292,7 +306,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         done = asyncio.run(revoke())
     except StateUnavailable as exc:
         _fail(f"nothing revoked: {exc}")
-    where = f"Redis at {config.redis.url}" if config.redis.url else config.issuer.revocations_file
+    where = f"Redis at {urlsplit(config.redis.url).hostname}" if config.redis.url else str(journal)  # no password
     print(f"{done} (recorded in {where}; running gateways enforce it within a second)")
     return 0
 

@@ -23,6 +23,8 @@ class Principal:
     expires_at: float
     issued_at: float
     delegation: tuple[str, ...] = ()
+    # The jtis of the tokens this one was exchanged from, oldest first: revoking any of them revokes this one.
+    ancestors: tuple[str, ...] = ()
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -194,6 +194,10 @@ async def run_gateway(
     """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and drain the audit queue."""
     config = loaded.config
     selected = set(only)
+    if not config.redis.url and os.environ.get("TOLLBOOTH_WORKER_INDEX", "0") != "0":
+        # Without Redis, refresh-token families and the private_key_jwt replay cache live in one process's memory:
+        # the token service must be that one process, or a replayed assertion could land on another worker.
+        selected.discard("issuer")
     keys = await asyncio.to_thread(
         KeyStore.load, config.issuer.keys_dir, config.issuer.algorithm, token_lifetime=KeyStore.token_lifetime(config)
     )
@@ -296,8 +300,12 @@ def run_workers(argv: list[str], workers: int) -> int:
     children = [
         # A process group of their own: a terminal's Ctrl-C or systemd's group-wide SIGTERM reaches the workers
         # once, through us, rather than twice.
-        subprocess.Popen([sys.executable, "-m", "gateway", *argv, "--workers", "1"], env=env, process_group=0)
-        for _ in range(workers)
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway", *argv, "--workers", "1"],
+            env={**env, "TOLLBOOTH_WORKER_INDEX": str(index)},
+            process_group=0,
+        )
+        for index in range(workers)
     ]
 
     stopping = False

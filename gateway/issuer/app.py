@@ -23,10 +23,19 @@ from starlette.routing import Route
 from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
 from gateway.config import Config
-from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, VerifiedSecrets
+from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, SecretChecker
 from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService
 from gateway.issuer.keys import KeyStore
-from gateway.issuer.oauth import NO_STORE, Form, OAuthError, error_response, parse_form
+from gateway.issuer.oauth import (
+    MAX_FORM_BYTES,
+    NO_STORE,
+    Form,
+    OAuthError,
+    check_form_head,
+    error_response,
+    parse_form,
+    too_large,
+)
 from gateway.issuer.subjects import SubjectVerifier
 from gateway.issuer.tokens import VERIFY_ALGORITHMS, InvalidToken, parse_unverified, validate_claims, verify_signature
 from gateway.metrics import TOKEN_REQUESTS
@@ -111,7 +120,7 @@ class IssuerApp:
         self._clock = clock
         self._http = httpx2.AsyncClient(follow_redirects=False)
         self._parts: _Parts | None = None
-        self._verified_secrets = VerifiedSecrets()  # outlives reloads: keyed by the stored hash
+        self._secrets = SecretChecker()  # outlives reloads: its cache is keyed by the stored hash
         self._subjects: tuple[tuple[object, ...], SubjectVerifier] | None = None
         self.app = Starlette(
             routes=[
@@ -130,6 +139,7 @@ class IssuerApp:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        self._secrets.close()
 
     def _current(self) -> _Parts:
         config = self._config()
@@ -143,7 +153,7 @@ class IssuerApp:
                     token_endpoint=endpoint(config, TOKEN_PATH),
                     state=self._state,
                     leeway=config.proxy.clock_leeway,
-                    verified=self._verified_secrets,
+                    secret_checker=self._secrets,
                     clock=self._clock,
                 ),
                 tokens=TokenService(
@@ -175,7 +185,7 @@ class IssuerApp:
 
     async def _authenticated(self, request: Request, path: str) -> tuple[_Parts, Form, Client]:
         parts = self._current()
-        form = parse_form(request.headers.get("content-type"), await request.body())
+        form = await _read_form(request)
         request.state.form = form  # token() audits the claimed client_id when authentication fails
         authorization = request.headers.get("authorization")
         client = await parts.clients.authenticate(form, authorization, endpoint(parts.config, path))
@@ -283,10 +293,13 @@ class IssuerApp:
         """The claims of a token our keys signed (expired or not), else None."""
         try:
             unverified = parse_unverified(token)
-            key = self._keys().verification_keys().get(unverified.header.get("kid", ""))
+            kid, alg = unverified.header.get("kid"), unverified.header.get("alg")
+            if not isinstance(kid, str) or not isinstance(alg, str):
+                return None  # not one of ours, whatever else it is (a list as kid must not reach a dict lookup)
+            key = self._keys().verification_keys().get(kid)
             if key is None or unverified.claims.get("iss") != config.issuer.url:
                 return None
-            return verify_signature(token, unverified.header.get("alg", ""), key)
+            return verify_signature(token, alg, key)
         except InvalidToken:
             return None
 
@@ -334,6 +347,18 @@ class IssuerApp:
         if request.path_params.get("path", "").strip("/") != issuer_path:
             return JSONResponse({"error": "not_found"}, status_code=404)
         return JSONResponse(authorization_server_metadata(config), headers={"cache-control": "public, max-age=300"})
+
+
+async def _read_form(request: Request) -> Form:
+    """The request's form parameters, read only up to the size limit (the endpoints take unauthenticated bodies)."""
+    content_type = request.headers.get("content-type")
+    check_form_head(content_type, request.headers.get("content-length"))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise too_large()
+    return parse_form(content_type, bytes(body))
 
 
 def _unavailable(exc: StateUnavailable) -> OAuthError:

@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -68,38 +69,63 @@ def _decoy_hash() -> str:
     return _hasher().hash("tollbooth decoy secret")
 
 
-def _secret_matches(secret_hash: str, secret: str) -> bool:
+def _secret_matches(secret_hash: str | None, secret: str) -> bool:
     try:
-        return _hasher().verify(secret_hash, secret)
+        matched = _hasher().verify(secret_hash or _decoy_hash(), secret)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+    return matched and secret_hash is not None
 
 
-class VerifiedSecrets:
-    """Secrets that already passed their argon2id check, remembered as a keyed digest.
+class SecretChecker:
+    """Checks agent secrets against their argon2id hashes: off the event loop, bounded, and once per secret.
 
-    argon2id costs about a third of a second of CPU here by design (it protects the stored hash, not the
-    endpoint); an agent fetching a token every few minutes should not pay it every time. Only successes are
-    remembered, keyed by the stored hash, so a changed `secret_hash` forgets the old secret and a wrong guess
-    always pays full price. The digest is an HMAC under a per-process random key: a memory dump reveals no secret.
+    argon2id costs about a third of a second of CPU and 64 MiB by design (it protects the stored hash, not the
+    endpoint), so a flood of wrong secrets must not queue without bound: the checks run on a small pool of their
+    own (not the default executor, which the audit sink and the revocation journal need), and past `max_waiting`
+    checks in line the endpoint answers 503 at once rather than after a minute. Successes are remembered as an
+    HMAC under a per-process random key, keyed by the stored hash: an agent pays once, a changed `secret_hash`
+    forgets the old secret, a wrong guess always pays full price, and a memory dump reveals no secret.
     """
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, *, workers: int = 2, max_waiting: int = 16, max_entries: int = 10_000) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tollbooth-argon2")
+        self._max_in_flight = workers + max_waiting
+        self._in_flight = 0
         self._key = secrets.token_bytes(32)
         self._digests: dict[str, bytes] = {}  # secret_hash -> HMAC(secret)
-        self._max = max_entries
+        self._max_entries = max_entries
 
-    def _digest(self, secret: str) -> bytes:
-        return hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    async def matches(self, secret_hash: str | None, secret: str) -> bool:
+        """Whether `secret` matches `secret_hash` (None: an unknown client, checked against a decoy all the same,
+        so "no such agent" takes as long as "wrong secret")."""
+        digest = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        known = self._digests.get(secret_hash) if secret_hash is not None else None
+        if known is not None and hmac.compare_digest(known, digest):
+            return True
+        if self._in_flight >= self._max_in_flight:
+            raise OAuthError(
+                "temporarily_unavailable",
+                "too many client authentications in progress; retry shortly",
+                status=503,
+                reason="secret_checks_busy",
+                headers={"retry-after": "1"},
+            )
+        self._in_flight += 1
+        try:
+            matched = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _secret_matches, secret_hash, secret
+            )
+        finally:
+            self._in_flight -= 1
+        if matched and secret_hash is not None:
+            if len(self._digests) >= self._max_entries:
+                self._digests.pop(next(iter(self._digests)))
+            self._digests[secret_hash] = digest
+        return matched
 
-    def known(self, secret_hash: str, secret: str) -> bool:
-        digest = self._digests.get(secret_hash)
-        return digest is not None and hmac.compare_digest(digest, self._digest(secret))
-
-    def remember(self, secret_hash: str, secret: str) -> None:
-        if len(self._digests) >= self._max:
-            self._digests.pop(next(iter(self._digests)))
-        self._digests[secret_hash] = self._digest(secret)
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def basic_credentials(authorization: str) -> list[tuple[str, str]]:
@@ -110,7 +136,9 @@ def basic_credentials(authorization: str) -> list[tuple[str, str]]:
     """
     scheme, _, encoded = authorization.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise invalid_client("use the Basic scheme for client credentials in the Authorization header", "wrong_scheme")
+        raise invalid_client(
+            "use the Basic scheme for client credentials in the Authorization header", "wrong_scheme", basic=True
+        )
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
@@ -152,11 +180,11 @@ class ClientRegistry:
         token_endpoint: str,
         state: SharedState,
         leeway: float,
-        verified: VerifiedSecrets,
+        secret_checker: SecretChecker,
         clock: Callable[[], float] = time.time,
     ):
         self._agents = agents
-        self._verified = verified
+        self._secrets = secret_checker
         self._issuer = issuer
         self._token_endpoint = token_endpoint
         self._state = state
@@ -203,12 +231,8 @@ class ClientRegistry:
         basic = method == "client_secret_basic"
         for client_id, secret in readings:
             agent = self._agents.get(client_id)
-            secret_hash = agent.secret_hash if agent is not None else None
-            if agent is not None and secret_hash is not None and self._verified.known(secret_hash, secret):
-                return Client(client_id, agent, method)
-            matched = await asyncio.to_thread(_secret_matches, secret_hash or _decoy_hash(), secret)
-            if matched and agent is not None and secret_hash is not None:
-                self._verified.remember(secret_hash, secret)
+            if await self._secrets.matches(agent.secret_hash if agent is not None else None, secret):
+                assert agent is not None  # matches() is never true without a stored hash
                 return Client(client_id, agent, method)
         raise invalid_client("unknown client or wrong secret", "bad_secret", basic=basic)
 

@@ -214,8 +214,17 @@ class TokenService:
         if not scopes:
             raise invalid_scope("the agent and the subject token have no scope in common", "no_common_scope")
         now = self._clock()
+        # Revoking any token of the lineage revokes this one (our own tokens only: we cannot revoke an IdP's).
+        own_jti = subject.jti if subject.issuer == self.config.issuer.url else None
+        ancestors = subject.ancestors + ((own_jti,) if own_jti else ())
         token, claims = self._mint(
-            client, subject=subject.subject, scopes=scopes, act=act, audience=audience, deadline=subject.expires_at
+            client,
+            subject=subject.subject,
+            scopes=scopes,
+            act=act,
+            audience=audience,
+            deadline=subject.expires_at,
+            ancestors=ancestors,
         )
         refresh_token = None
         if agent.refresh_tokens:
@@ -227,7 +236,9 @@ class TokenService:
                 scopes=tuple(scopes),
                 act=act,
                 issued_at=now,
-                expires_at=now + self.config.issuer.refresh_token_ttl,
+                # A hop never outlives what it came from, refreshed or not (RFC 8693 §1.1: only narrowing).
+                expires_at=min(now + self.config.issuer.refresh_token_ttl, subject.expires_at),
+                ancestors=ancestors,
             )
             await self._state.store_refresh(refresh_token_hash(refresh_token), grant)
             if not await self._state.record_family_token(grant.family, claims["jti"], claims["exp"]):
@@ -263,12 +274,29 @@ class TokenService:
             )
         if grant.agent != client.id:
             raise OAuthError("invalid_grant", "the refresh token was issued to another client", reason="other_client")
-        if self._state.revocations.is_cut_off(grant.agent, grant.subject, grant.issued_at):
+        revocations = self._state.revocations
+        if revocations.is_cut_off(grant.agent, grant.subject, grant.issued_at) or revocations.is_chain_revoked(
+            delegation_chain(grant.act), grant.ancestors, grant.issued_at
+        ):
+            await self._state.revoke_family(grant.family)
             raise OAuthError("invalid_grant", "the refresh token has been revoked", reason="revoked")
-        # RFC 6749 §6: a refresh may narrow the scope, never widen it; the family keeps its original scope.
-        # Checked before rotating so a client's scope mistake does not spend its token. A spent token refused
-        # here is not yet treated as reuse: nothing is issued, and its next well-formed use is.
-        scopes = choose_scopes(parse_scope(form.get("scope")), grant.scopes, [(set(grant.scopes), "the refresh token")])
+        if not may_act_for(client.config.may_act_for, grant.subject):
+            # The config changed since the grant: a refresh re-checks it like a new exchange would.
+            raise OAuthError(
+                "invalid_grant", f"agent {client.id} may no longer act for {grant.subject}", reason="may_not_act_for"
+            )
+        # RFC 6749 §6: a refresh may narrow the scope, never widen it; the family keeps its original scope, less
+        # any scope the agent no longer holds. Checked before rotating so a client's scope mistake does not spend
+        # its token. A spent token refused here is not yet treated as reuse: nothing is issued, and its next
+        # well-formed use is.
+        allowed = set(grant.scopes) & set(client.config.scopes)
+        scopes = choose_scopes(
+            parse_scope(form.get("scope")),
+            [s for s in grant.scopes if s in allowed],
+            [(set(grant.scopes), "the refresh token"), (allowed, f"agent {client.id} (agents.{client.id}.scopes)")],
+        )
+        if not scopes:
+            raise OAuthError("invalid_grant", f"agent {client.id} no longer holds any of the grant's scopes")
         new_token = secrets.token_urlsafe(32)
         try:
             rotated = await self._state.rotate_refresh(old_hash, refresh_token_hash(new_token), self._clock())
@@ -282,7 +310,13 @@ class TokenService:
                 "invalid_grant", "the refresh token is invalid, expired or revoked", reason="unknown_refresh"
             )
         token, claims = self._mint(
-            client, subject=grant.subject, scopes=scopes, act=grant.act, audience=audience, deadline=grant.expires_at
+            client,
+            subject=grant.subject,
+            scopes=scopes,
+            act=grant.act,
+            audience=audience,
+            deadline=grant.expires_at,
+            ancestors=grant.ancestors,
         )
         if not await self._state.record_family_token(grant.family, claims["jti"], claims["exp"]):
             raise _unknown_refresh()  # the family was revoked while this token was minted
@@ -297,6 +331,7 @@ class TokenService:
         act: dict[str, Any] | None,
         audience: str,
         deadline: float | None = None,
+        ancestors: tuple[str, ...] = (),
     ) -> tuple[str, dict[str, Any]]:
         issuer = self.config.issuer
         now = self._clock()
@@ -317,4 +352,5 @@ class TokenService:
             ttl=ttl,
             act=act,
             now=now,
+            ancestors=ancestors,
         )

@@ -76,14 +76,25 @@ class Form:
         return bool(self.values.get(name))
 
 
-def parse_form(content_type: str | None, body: bytes) -> Form:
-    """The request's parameters; `invalid_request` for any other media type, a bad encoding or a repeat."""
+def check_form_head(content_type: str | None, content_length: str | None) -> None:
+    """What can be refused before reading a byte of the body: another media type, a declared size over the limit."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != FORM_TYPE:
         # RFC 6749 §3.2: parameters are form-encoded; JSON or query-string parameters are not read at all.
         raise invalid_request(f"send the parameters as {FORM_TYPE}", reason="wrong_content_type")
+    if content_length is not None and content_length.isdigit() and int(content_length) > MAX_FORM_BYTES:
+        raise too_large()
+
+
+def too_large() -> OAuthError:
+    return invalid_request(f"the request body is larger than {MAX_FORM_BYTES} bytes", reason="body_too_large")
+
+
+def parse_form(content_type: str | None, body: bytes) -> Form:
+    """The request's parameters; `invalid_request` for any other media type, a bad encoding or a repeat."""
+    check_form_head(content_type, None)
     if len(body) > MAX_FORM_BYTES:
-        raise invalid_request("the request body is too large", reason="body_too_large")
+        raise too_large()
     try:
         text = body.decode("ascii")  # form encoding percent-escapes everything else
         if _BAD_ESCAPE.search(text):

@@ -21,6 +21,7 @@ from gateway.issuer.tokens import (
     InvalidToken,
     SubjectToken,
     check_header,
+    delegation_chain,
     parse_unverified,
     validate_claims,
     validate_subject_claims,
@@ -75,4 +76,12 @@ class SubjectVerifier:
                 raise InvalidToken("revoked", "The subject token has been revoked")
         else:
             audiences = self._trusted[issuer].audiences or [self._issuer]
-        return validate_subject_claims(claims, issuer=issuer, audiences=audiences, now=now, leeway=self._leeway)
+        subject = validate_subject_claims(claims, issuer=issuer, audiences=audiences, now=now, leeway=self._leeway)
+        # `tollbooth revoke --subject` (or `--agent` for an actor already in its chain) covers a user's token from
+        # an identity provider too, or an agent could exchange it again after the cut-off and start afresh.
+        revocations = self._revocations
+        if revocations.is_cut_off("", subject.subject, subject.issued_at) or revocations.is_chain_revoked(
+            delegation_chain(subject.act), subject.ancestors, subject.issued_at
+        ):
+            raise InvalidToken("revoked", "The subject token has been revoked")
+        return subject

@@ -40,7 +40,10 @@ VERIFY_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
 # not implement. Ignoring them would be allowed; refusing is stricter and no honest issuer of ours sends them.
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 MAX_DELEGATION_DEPTH = 16
-_MINTED_CLAIMS = frozenset({*REQUIRED_CLAIMS, "scope", "act"})
+# A private claim (RFC 7519 §4.3) of delegated tokens: the jtis of the tokens they were exchanged from, oldest
+# first, so that revoking one revokes everything derived from it.
+ANCESTORS_CLAIM = "ancestor_jtis"
+_MINTED_CLAIMS = frozenset({*REQUIRED_CLAIMS, "scope", "act", ANCESTORS_CLAIM})
 
 # One PyJWS per algorithm, each knowing only that algorithm: even a bug upstream of it cannot make PyJWT run
 # `none`, an HMAC or another algorithm than the key's (RFC 8725 §3.1).
@@ -190,6 +193,24 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset(t for t in tokens if t)
 
 
+def ancestor_jtis(claims: dict[str, Any]) -> tuple[str, ...]:
+    value = claims.get(ANCESTORS_CLAIM)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_DELEGATION_DEPTH:
+        raise InvalidToken("bad_claim", f"The token's {ANCESTORS_CLAIM} claim is not a short list of token ids")
+    return tuple(_identifier({ANCESTORS_CLAIM: jti}, ANCESTORS_CLAIM) for jti in value)
+
+
+def clean_act(act: Any) -> dict[str, Any] | None:
+    """An `act` chain reduced to its actors' `sub`s: only identities we checked travel into tokens we sign."""
+    actors = delegation_chain(act)
+    nested: dict[str, Any] | None = None
+    for actor in reversed(actors):
+        nested = {"sub": actor, "act": nested} if nested is not None else {"sub": actor}
+    return nested
+
+
 def delegation_chain(act: Any) -> tuple[str, ...]:
     """RFC 8693 §4.1: nested `act` claims, the current (outermost) actor first."""
     chain: list[str] = []
@@ -236,6 +257,7 @@ def validate_claims(
         expires_at=expires_at,
         issued_at=issued_at,
         delegation=delegation_chain(claims.get("act")),
+        ancestors=ancestor_jtis(claims),
         claims=claims,
     )
 
@@ -258,6 +280,7 @@ def mint_access_token(
     scopes: Iterable[str],
     ttl: float,
     act: dict[str, Any] | None = None,
+    ancestors: Iterable[str] = (),
     now: float | None = None,
     extra_claims: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
@@ -284,6 +307,8 @@ def mint_access_token(
         claims["scope"] = scope
     if act is not None:
         claims["act"] = act
+    if ancestors:
+        claims[ANCESTORS_CLAIM] = list(ancestors)
     if extra_claims:
         clash = sorted(set(extra_claims) & _MINTED_CLAIMS)
         if clash:
@@ -309,8 +334,11 @@ class SubjectToken:
     subject: str
     scopes: frozenset[str]
     expires_at: float
-    act: dict[str, Any] | None  # the chain so far (RFC 8693 §4.1), nested outermost-first
+    issued_at: float  # -inf when the token does not say: every revocation cut-off then applies to it
+    act: dict[str, Any] | None  # the chain so far (RFC 8693 §4.1), nested outermost-first, `sub`s only
     may_act: dict[str, Any] | None  # RFC 8693 §4.4: who may act for the subject, when the token says
+    jti: str | None
+    ancestors: tuple[str, ...]  # the subject token's own ancestor_jtis
 
 
 def validate_subject_claims(
@@ -337,8 +365,6 @@ def validate_subject_claims(
     scp = claims.get("scp")  # Okta and Entra ID put scopes in an array named scp
     if isinstance(scp, list) and all(isinstance(s, str) and _SCOPE_TOKEN.match(s) for s in scp):
         scopes |= frozenset(scp)
-    act = claims.get("act")
-    delegation_chain(act)  # well-formed, bounded, identifiers only
     may_act = claims.get("may_act")
     if may_act is not None and not (isinstance(may_act, dict) and isinstance(may_act.get("sub"), str)):
         raise InvalidToken("bad_claim", "The subject token's may_act claim has no sub")
@@ -347,6 +373,9 @@ def validate_subject_claims(
         subject=_identifier(claims, "sub"),
         scopes=scopes,
         expires_at=expires_at,
-        act=act,
+        issued_at=_numeric_date(claims, "iat") if "iat" in claims else float("-inf"),
+        act=clean_act(claims.get("act")),
         may_act=may_act,
+        jti=_identifier(claims, "jti") if "jti" in claims else None,
+        ancestors=ancestor_jtis(claims),
     )

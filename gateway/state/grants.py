@@ -41,6 +41,7 @@ class RefreshGrant:
     act: dict[str, Any] | None
     issued_at: float
     expires_at: float
+    ancestors: tuple[str, ...] = ()  # the jtis of the tokens the grant was exchanged from (see Principal)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -52,6 +53,7 @@ class RefreshGrant:
                 "act": self.act,
                 "issued_at": self.issued_at,
                 "expires_at": self.expires_at,
+                "ancestors": list(self.ancestors),
             },
             separators=(",", ":"),
         )
@@ -67,6 +69,7 @@ class RefreshGrant:
             act=data["act"],
             issued_at=float(data["issued_at"]),
             expires_at=float(data["expires_at"]),
+            ancestors=tuple(data.get("ancestors", ())),
         )
 
 

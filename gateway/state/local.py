@@ -53,6 +53,9 @@ class LocalState:
 
     async def start(self) -> None:
         """Load every revocation in the file (expired ones are skipped), then follow it."""
+        # Create the file if need be: its existence tells `tollbooth revoke` it writes where a gateway reads.
+        with contextlib.suppress(OSError):  # an unwritable file shows as a problem when a revocation is written
+            await asyncio.to_thread(self._journal.append, [])
         loaded = await self._catch_up()
         STATE_RELOADS.labels("file", "ok" if loaded else "error").inc()
         self._task = asyncio.create_task(self._follow(), name="tollbooth-state-file")

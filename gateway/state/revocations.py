@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.principal import Principal
@@ -76,8 +76,22 @@ class RevocationList:
         # That errs on the safe side; the agent asks for a new token a second later.
         return issued_at < self._agents.get(agent, _NEVER) or issued_at < self._subjects.get(subject, _NEVER)
 
+    def is_chain_revoked(self, actors: Iterable[str], ancestors: Iterable[str], issued_at: float) -> bool:
+        """Whether a delegated token falls with what it came from: a revoked token it was exchanged from, or a
+        cut-off for any agent in its `act` chain (the outermost actor is also its client_id)."""
+        agents = self._agents
+        return any(jti in self._jtis for jti in ancestors) or any(
+            issued_at < agents.get(actor, _NEVER) for actor in actors
+        )
+
     def is_revoked(self, principal: Principal) -> bool:
-        return principal.jti in self._jtis or self.is_cut_off(principal.agent, principal.subject, principal.issued_at)
+        return (
+            principal.jti in self._jtis
+            or self.is_cut_off(principal.agent, principal.subject, principal.issued_at)
+            # Direct tokens have neither: one truthiness test on the hot path.
+            or bool(principal.delegation or principal.ancestors)
+            and self.is_chain_revoked(principal.delegation, principal.ancestors, principal.issued_at)
+        )
 
     def _forget_before(self, horizon: float) -> None:
         while self._expiry and self._expiry[0][0] < horizon:

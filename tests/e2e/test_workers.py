@@ -35,6 +35,9 @@ def test_two_workers_serve_share_metrics_and_stop_on_sigterm(upstream: Upstream,
             assert httpx2.get(f"http://127.0.0.1:{proxy}/status").status_code == 200
         logs = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines() if line.startswith("{")]
         assert len({entry["pid"] for entry in logs if entry["msg"].startswith("proxy listening")}) == 2
+        # Without Redis the token service's memory (refresh families, the assertion replay cache) is one process's:
+        # only the first worker serves it, so a replayed client assertion cannot land on another worker.
+        assert len({entry["pid"] for entry in logs if entry["msg"].startswith("issuer listening")}) == 1
         # Any worker answers the scrape with the sum over both.
         text = httpx2.get(f"http://127.0.0.1:{admin}/metrics").text
         line = next(
