@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
-.PHONY: install run test bench bench-transports lint clean redis-server bench-tools
+.PHONY: install run test bench bench-audit bench-transports lint clean redis-server bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench-tools:
 
 bench: install bench-tools
 	$(BIN)/python benchmarks/proxy_bench.py
+
+# The Redis audit sink: events/s into a local Redis, and the proxy's req/s with the sink on vs off.
+bench-audit: install bench-tools redis-server
+	$(BIN)/python benchmarks/audit_bench.py
 
 # The upstream-client comparison behind gateway/proxy/forward.py (about 8 minutes).
 bench-transports: install bench-tools

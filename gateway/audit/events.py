@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 
@@ -55,7 +56,11 @@ EVENT_KINDS = frozenset(
 
 def rfc3339_ms(epoch: float) -> str:
     """RFC 3339 UTC with milliseconds, e.g. 2026-11-25T13:28:15.123Z."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # gmtime and %-formatting: a third of the cost of datetime.strftime, once per event. Rounded to the
+    # microsecond first, as datetime.fromtimestamp does, so 0.123 is not printed as .122.
+    seconds, micros = divmod(round(epoch * 1_000_000), 1_000_000)
+    t = time.gmtime(seconds)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t[0], t[1], t[2], t[3], t[4], t[5], micros // 1000)  # noqa: UP031
 
 
 def parse_rfc3339(text: str) -> float:
@@ -98,11 +103,13 @@ class AuditEvent:
     def to_fields(self) -> dict[str, str]:
         """The flat string map written to the stream; empty fields are omitted."""
         out = {"v": SCHEMA_VERSION, "ts": rfc3339_ms(self.ts), "event": self.event, "instance": INSTANCE}
-        for name in _OPTIONAL:
-            value = getattr(self, name)
-            if value is None or value == "":
-                continue
-            out[name] = f"{value:.3f}" if isinstance(value, float) else str(value)
+        # Written for speed (the Redis sink's throughput is mostly this): one attrgetter, strings tested first.
+        for name, value in zip(_OPTIONAL, _optional_values(self), strict=True):
+            if value.__class__ is str:
+                if value:
+                    out[name] = value
+            elif value is not None:
+                out[name] = f"{value:.3f}" if isinstance(value, float) else str(value)
         if not self.id:
             self.id = _process_ids.next()
         out["id"] = self.id
@@ -110,8 +117,7 @@ class AuditEvent:
 
 
 _OPTIONAL = tuple(f.name for f in fields(AuditEvent) if f.name not in ("event", "ts", "id"))
-# Every field `to_fields` may write, in its order: a stream entry lists its fields in this order.
-FIELD_ORDER = ("v", "ts", "event", "instance", *_OPTIONAL, "id")
+_optional_values = operator.attrgetter(*_OPTIONAL)
 
 
 def config_event(kind: str, *, reason: str, path: str) -> AuditEvent:
@@ -122,15 +128,20 @@ def config_event(kind: str, *, reason: str, path: str) -> AuditEvent:
 
 
 def encode_event(event: AuditEvent) -> bytes:
-    """One JSON line. Never raises: a field no JSON encoder accepts (a lone surrogate) is escaped, not fatal,
+    """One JSON line (the audit file's and the spool's format). Never raises: see `dumps_lenient`."""
+    return dumps_lenient(event.to_fields()) + b"\n"
+
+
+def dumps_lenient(value: dict[str, str] | list[str]) -> bytes:
+    """JSON for an event's fields. A string no JSON encoder accepts (a lone surrogate) is escaped, not fatal,
     because one bad event must not stop the writer that every later event depends on."""
-    return encode_fields(event.to_fields())
-
-
-def encode_fields(fields: dict[str, str]) -> bytes:
-    """`encode_event` for fields already taken from the event."""
     try:
-        return orjson.dumps(fields) + b"\n"
+        return orjson.dumps(value)
     except TypeError:
-        clean = {k: v.encode("utf-8", "backslashreplace").decode("utf-8") for k, v in fields.items()}
-        return orjson.dumps(clean) + b"\n"
+        if isinstance(value, dict):
+            return orjson.dumps({k: _escaped(v) for k, v in value.items()})
+        return orjson.dumps([_escaped(v) for v in value])
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -30,7 +30,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.audit.events import FIELD_ORDER, AuditEvent, EventIds, encode_event, parse_rfc3339, split_event_id
+from gateway.audit.events import AuditEvent, EventIds, dumps_lenient, encode_event, parse_rfc3339, split_event_id
 from gateway.audit.sinks import LINGER_SECONDS
 from gateway.audit.spool import Chunk, Spool
 from gateway.config import AuditConfig
@@ -40,26 +40,17 @@ log = logging.getLogger("tollbooth.audit")
 T = TypeVar("T")
 
 # KEYS[1]: the stream. KEYS[2]: the highest event number of one id prefix already in it.
-# ARGV: MAXLEN, the mark's TTL in seconds, the field order (JSON), then one event per argument (a JSON object).
+# ARGV: MAXLEN, the mark's TTL in seconds, then per event its number and its fields as a JSON array
+# [name, value, name, value, ...] (one argument per event: far cheaper for the client to send than 40).
 # pcall: Redis does not roll a failing script back, so the mark must still record what was written.
 _XADD_ONCE = """
 local mark = tonumber(redis.call('GET', KEYS[2]) or '0')
-local order = cjson.decode(ARGV[3])
 local top, written = mark, 0
 local ok, err = pcall(function()
-  for i = 4, #ARGV do
-    local event = cjson.decode(ARGV[i])
-    local n = tonumber(string.match(event.id, '%-(%d+)$'))
+  for i = 3, #ARGV, 2 do
+    local n = tonumber(ARGV[i])
     if n > top then
-      local args = {}
-      for _, name in ipairs(order) do
-        local value = event[name]
-        if value then
-          args[#args + 1] = name
-          args[#args + 1] = value
-        end
-      end
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(args))
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(cjson.decode(ARGV[i + 1])))
       top, written = n, written + 1
     end
   end
@@ -72,12 +63,16 @@ if not ok then
 end
 return written
 """
-_FIELD_ORDER_JSON = orjson.dumps(FIELD_ORDER)
-# Only needed until a spool is replayed; a month covers any outage anyone would wait out.
 _MARK_TTL_SECONDS = 30 * 86400
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
 _LOG_EVERY_SECONDS = 30.0
 _SPOOL_BATCH = 5000
+
+
+def _entry(fields: dict[str, str]) -> tuple[int, bytes]:
+    """(event number, fields as a JSON array): one event's arguments to the script."""
+    _, number = split_event_id(fields["id"])
+    return number, dumps_lenient([*itertools.chain.from_iterable(fields.items())])
 
 
 class _Throttled:
@@ -272,7 +267,7 @@ class RedisStreamSink:
 
     async def _write_queued(self) -> None:
         batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
-        _, error = await self._xadd(self._ids.prefix, [encode_event(e) for e in batch])
+        _, error = await self._xadd(self._ids.prefix, [_entry(e.to_fields()) for e in batch])
         if error is None:
             child(AUDIT_EVENTS, self.name, "written").inc(len(batch))
         else:
@@ -281,12 +276,12 @@ class RedisStreamSink:
             self._redis_down(error)
         AUDIT_QUEUE_DEPTH.set(len(self._queue))
 
-    async def _xadd(self, prefix: str, lines: list[bytes]) -> tuple[int, str | None]:
-        """Run the script on one prefix's events: (events written, None) or (0, what went wrong)."""
+    async def _xadd(self, prefix: str, entries: list[tuple[int, bytes]]) -> tuple[int, str | None]:
+        """Run the script on one prefix's (number, entry) pairs: (events written, None) or (0, what went wrong)."""
         written, error = await self._call(
             self._script(
                 keys=[self._stream, f"{self._stream}:written:{prefix}"],
-                args=[self._max_len, _MARK_TTL_SECONDS, _FIELD_ORDER_JSON, *lines],
+                args=[self._max_len, _MARK_TTL_SECONDS, *itertools.chain.from_iterable(entries)],
             )
         )
         return int(written or 0), error
@@ -333,6 +328,7 @@ class RedisStreamSink:
                 self._log.reset("spool")
             child(AUDIT_EVENTS, self.name, "spooled").inc(len(batch))
             AUDIT_QUEUE_DEPTH.set(len(self._queue))
+            self._update_gauges()
 
     async def _replay(self) -> bool:
         """Write the spools to Redis, oldest first. True when they are empty and Redis takes events again."""
@@ -367,7 +363,7 @@ class RedisStreamSink:
                 spool.name,
                 len(chunk.torn),
             )
-        groups: list[tuple[str, list[bytes]]] = []
+        groups: list[tuple[str, list[tuple[int, bytes]]]] = []
         for line in chunk.lines:
             try:
                 fields = orjson.loads(line)
@@ -381,15 +377,15 @@ class RedisStreamSink:
                 self._oldest_ts = ts
             if not groups or groups[-1][0] != prefix:
                 groups.append((prefix, []))
-            groups[-1][1].append(line)
-        for prefix, lines in groups:
-            written, error = await self._xadd(prefix, lines)
+            groups[-1][1].append(_entry(fields))
+        for prefix, entries in groups:
+            written, error = await self._xadd(prefix, entries)
             if error is not None:
                 self._redis_down(error)
                 return False
             child(AUDIT_EVENTS, self.name, "replayed").inc(written)
-            if written < len(lines):
-                child(AUDIT_EVENTS, self.name, "duplicate").inc(len(lines) - written)
+            if written < len(entries):
+                child(AUDIT_EVENTS, self.name, "duplicate").inc(len(entries) - written)
         return True
 
     async def _adopt_orphans(self) -> None:

@@ -17,7 +17,7 @@ import orjson
 import redis
 
 from gateway.audit.events import parse_rfc3339
-from gateway.config import TollboothConfig
+from gateway.config import Config
 
 _PAGE = 500
 _FILE_BLOCK = 64 * 1024
@@ -30,8 +30,9 @@ _COLUMNS = (
     ("status", 6),
     ("agent", 18),
     ("subject", 18),
+    ("delegation", 14),
     ("method", 7),
-    ("path", 32),
+    ("path", 28),
     ("route", 18),
     ("reason", 0),
 )
@@ -205,7 +206,7 @@ def format_event(fields: Mapping[str, str], *, as_json: bool) -> str:
     return orjson.dumps(fields).decode() if as_json else _row(fields)
 
 
-def open_source(config: TollboothConfig) -> Source:
+def open_source(config: Config) -> Source:
     """The stream when Redis is configured (as `serve` writes it), else the JSON-lines file."""
     if config.redis.url:
         client = redis.Redis.from_url(config.redis.url, decode_responses=True, socket_connect_timeout=5)
