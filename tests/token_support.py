@@ -255,3 +255,24 @@ class TestIdP:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def user_token(idp: TestIdP, gw: Gateway, subject: str = "alice", scope: str = "crm.read crm.write", **kw: Any) -> str:
+    """A user's token from the IdP, for the token service (its audience is the issuer URL)."""
+    return idp.token(subject, gw.issuer_url, scope, **kw)
+
+
+def exchanged(agent: SecretAgent, gw: Gateway, subject_token: str, **params: Any) -> dict[str, Any]:
+    """A successful token exchange's response body."""
+    response = agent.exchange(gw, subject_token, **params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_oauth_error(response: httpx2.Response, error: str, status: int = 400) -> str:
+    """RFC 6749 §5.2: exactly {error, error_description}, not cached; returns the description."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_description"} and body["error"] == error, body
+    assert response.headers["cache-control"] == "no-store"
+    return body["error_description"]

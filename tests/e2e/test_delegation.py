@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx2
 import pytest
 from support import Gateway, Upstream, start_gateway
 from token_support import (
@@ -18,9 +17,12 @@ from token_support import (
     KeyPair,
     SecretAgent,
     TestIdP,
+    assert_oauth_error,
     claims_of,
+    exchanged,
     proxy_get,
     unsigned_jwt,
+    user_token,
 )
 
 ASSISTANT = SecretAgent("assistant", "assistant-secret")
@@ -60,24 +62,6 @@ def gw(idp: TestIdP, upstream: Upstream, tmp_path_factory: pytest.TempPathFactor
     )
     yield gateway
     gateway.stop()
-
-
-def user_token(idp: TestIdP, gw: Gateway, subject: str = "alice", scope: str = "crm.read crm.write", **kw: Any) -> str:
-    """A user's token from the IdP, for the token service (its audience is the issuer URL)."""
-    return idp.token(subject, gw.issuer_url, scope, **kw)
-
-
-def exchanged(agent: SecretAgent, gw: Gateway, subject_token: str, **params: Any) -> dict[str, Any]:
-    response = agent.exchange(gw, subject_token, **params)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def assert_error(response: httpx2.Response, error: str, status: int = 400) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "error_description"} and body["error"] == error, body
-    return body["error_description"]
 
 
 # --- one hop --------------------------------------------------------------------------------------------------
@@ -121,21 +105,21 @@ def test_no_scope_asked_grants_what_both_agent_and_subject_token_allow(idp: Test
 
 def test_widening_scopes_beyond_the_subject_token_is_invalid_scope_naming_the_scope(idp: TestIdP, gw: Gateway):
     response = ASSISTANT.exchange(gw, user_token(idp, gw, scope="crm.read"), scope="crm.read crm.write")
-    description = assert_error(response, "invalid_scope")
+    description = assert_oauth_error(response, "invalid_scope")
     assert "crm.write" in description and "crm.read" not in description
 
 
 def test_scope_beyond_the_agent_is_invalid_scope_naming_the_scope(idp: TestIdP, gw: Gateway):
     response = PICKY.exchange(gw, user_token(idp, gw), scope="crm.write")
-    assert "crm.write" in assert_error(response, "invalid_scope")
+    assert "crm.write" in assert_oauth_error(response, "invalid_scope")
 
 
 def test_subject_token_without_a_common_scope_is_invalid_scope(idp: TestIdP, gw: Gateway):
-    assert_error(ASSISTANT.exchange(gw, user_token(idp, gw, scope="mail.read")), "invalid_scope")
+    assert_oauth_error(ASSISTANT.exchange(gw, user_token(idp, gw, scope="mail.read")), "invalid_scope")
 
 
 def test_agent_without_may_act_for_is_unauthorized_client(idp: TestIdP, gw: Gateway):
-    assert_error(LONER.exchange(gw, user_token(idp, gw)), "unauthorized_client")
+    assert_oauth_error(LONER.exchange(gw, user_token(idp, gw)), "unauthorized_client")
 
 
 @pytest.mark.parametrize(("subject", "status"), [("alice", 200), ("bob", 400)])
@@ -143,7 +127,7 @@ def test_agent_acts_only_for_subjects_in_may_act_for(idp: TestIdP, gw: Gateway, 
     response = PICKY.exchange(gw, user_token(idp, gw, subject=subject), scope="crm.read")
     assert response.status_code == status, response.text
     if status == 400:
-        assert "may_act_for" in assert_error(response, "invalid_request")
+        assert "may_act_for" in assert_oauth_error(response, "invalid_request")
 
 
 def test_may_act_naming_the_agent_is_accepted(idp: TestIdP, gw: Gateway):
@@ -186,7 +170,7 @@ def test_unacceptable_subject_token_is_invalid_request(
     idp: TestIdP, gw: Gateway, make_token: Callable[[TestIdP, Gateway], str], why: str
 ):
     """RFC 8693 §2.2.2: an invalid or unacceptable subject_token is invalid_request, saying what is wrong."""
-    description = assert_error(ASSISTANT.exchange(gw, make_token(idp, gw)), "invalid_request")
+    description = assert_oauth_error(ASSISTANT.exchange(gw, make_token(idp, gw)), "invalid_request")
     assert why in description
 
 
@@ -207,12 +191,12 @@ def test_malformed_token_exchange_request_is_invalid_request(idp: TestIdP, gw: G
         "subject_token_type": ACCESS_TOKEN_TYPE,
         **params,
     }
-    assert_error(ASSISTANT.post(gw.issuer_url, "/oauth/token", **fields), "invalid_request")
+    assert_oauth_error(ASSISTANT.post(gw.issuer_url, "/oauth/token", **fields), "invalid_request")
 
 
 def test_exchange_for_a_resource_outside_the_proxy_is_invalid_target(idp: TestIdP, gw: Gateway):
     response = ASSISTANT.exchange(gw, user_token(idp, gw), resource="https://api.example.com/mcp")
-    assert_error(response, "invalid_target")
+    assert_oauth_error(response, "invalid_target")
 
 
 def test_exchange_for_the_mcp_endpoint_is_for_the_proxy(idp: TestIdP, gw: Gateway):
@@ -271,7 +255,7 @@ def test_three_hop_chain_reaches_upstream_with_the_whole_delegation(idp: TestIdP
 def test_a_later_hop_cannot_widen_scopes_back(idp: TestIdP, gw: Gateway):
     first = chain(idp, gw, [(ASSISTANT, "crm.read")])[-1]
     response = HELPER.exchange(gw, first, scope="crm.read crm.write")
-    assert "crm.write" in assert_error(response, "invalid_scope")
+    assert "crm.write" in assert_oauth_error(response, "invalid_scope")
 
 
 def test_a_later_hop_without_scope_asked_keeps_the_narrowed_scopes(idp: TestIdP, gw: Gateway):
@@ -282,5 +266,5 @@ def test_a_later_hop_without_scope_asked_keeps_the_narrowed_scopes(idp: TestIdP,
 def test_chain_longer_than_max_delegation_depth_is_refused(idp: TestIdP, gw: Gateway):
     third = chain(idp, gw, THREE_HOPS)[-1]
     assert len(THREE_HOPS) == MAX_DEPTH
-    description = assert_error(FOURTH.exchange(gw, third, scope="crm.read"), "invalid_request")
+    description = assert_oauth_error(FOURTH.exchange(gw, third, scope="crm.read"), "invalid_request")
     assert str(MAX_DEPTH) in description

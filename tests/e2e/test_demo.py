@@ -37,17 +37,25 @@ def demo_config(tmp: Path) -> Path:
     return path
 
 
-def test_demo_prints_lines_that_work(tmp_path: Path):
-    config = demo_config(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("CRM_API_KEY", "REDIS_URL")}
-    process = subprocess.Popen(
+# What a fresh shell has: none of the variables the example config reads.
+DEMO_ENV = {k: v for k, v in os.environ.items() if k not in ("CRM_API_KEY", "REDIS_URL", "BILLING_BOT_SECRET_HASH")}
+
+
+def start_demo(config: Path, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "gateway", "demo", "--config", str(config)],
-        cwd=tmp_path,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env=DEMO_ENV,
     )
+
+
+def test_demo_prints_lines_that_work(tmp_path: Path):
+    config = demo_config(tmp_path)
+    env = DEMO_ENV
+    process = start_demo(config, tmp_path)
     try:
         assert process.stdout is not None
         printed = ""
@@ -95,15 +103,8 @@ def test_readme_token_service_walkthrough_works_as_written(tmp_path: Path):
     config_path = demo_config(tmp_path)
     config = yaml.safe_load(config_path.read_text())
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the README's commands say .venv/bin/...
-    env = {k: v for k, v in os.environ.items() if k not in ("CRM_API_KEY", "REDIS_URL", "BILLING_BOT_SECRET_HASH")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "demo", "--config", str(config_path)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    env = DEMO_ENV
+    process = start_demo(config_path, tmp_path)
     try:
         assert process.stdout is not None
         while "Try it" not in (line := process.stdout.readline()):

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 import yaml
 from support import Gateway, Upstream, start_gateway, wait_until
-from token_support import SecretAgent, TestIdP, claims_of, refused_at_proxy, unsigned_jwt
+from token_support import SecretAgent, TestIdP, claims_of, exchanged, refused_at_proxy, unsigned_jwt
 
 FIRST = SecretAgent("first", "first-secret")
 SECOND = SecretAgent("second", "second-secret")
@@ -51,16 +51,10 @@ def revoke_cli(gw: Gateway, *args: str, cwd: Path | None = None) -> subprocess.C
     )
 
 
-def exchanged(gw: Gateway, agent: SecretAgent, subject_token: str, **params: str) -> dict[str, str]:
-    response = agent.exchange(gw, subject_token, **params)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def test_revoking_a_token_revokes_the_tokens_exchanged_from_it(gw: Gateway, idp: TestIdP) -> None:
     user = idp.token("user:ann", gw.issuer_url)
-    hop1 = exchanged(gw, FIRST, user)
-    hop2 = exchanged(gw, SECOND, hop1["access_token"])
+    hop1 = exchanged(FIRST, gw, user)
+    hop2 = exchanged(SECOND, gw, hop1["access_token"])
     assert claims_of(hop2["access_token"])["ancestor_jtis"] == [claims_of(hop1["access_token"])["jti"]]
     assert FIRST.revoke(gw, hop1["access_token"]).status_code == 200
     wait_until(lambda: refused_at_proxy(gw, hop2["access_token"]), what="the derived token refused")
@@ -70,8 +64,8 @@ def test_revoking_a_token_revokes_the_tokens_exchanged_from_it(gw: Gateway, idp:
 
 def test_revoking_an_agent_revokes_tokens_with_it_in_their_chain(gw: Gateway, idp: TestIdP) -> None:
     user = idp.token("user:bea", gw.issuer_url)
-    hop1 = exchanged(gw, FIRST, user)
-    hop2 = exchanged(gw, SECOND, hop1["access_token"])
+    hop1 = exchanged(FIRST, gw, user)
+    hop2 = exchanged(SECOND, gw, hop1["access_token"])
     assert revoke_cli(gw, "--agent", FIRST.client_id).returncode == 0
     wait_until(lambda: refused_at_proxy(gw, hop2["access_token"]), what="a chain through the revoked agent refused")
     assert SECOND.refresh(gw, hop2["refresh_token"]).json()["error"] == "invalid_grant"
@@ -79,7 +73,7 @@ def test_revoking_an_agent_revokes_tokens_with_it_in_their_chain(gw: Gateway, id
 
 def test_a_subject_cut_off_also_refuses_the_users_old_identity_provider_token(gw: Gateway, idp: TestIdP) -> None:
     user = idp.token("user:cid", gw.issuer_url)
-    first = exchanged(gw, SECOND, user)
+    first = exchanged(SECOND, gw, user)
     assert revoke_cli(gw, "--subject", "user:cid").returncode == 0
     wait_until(lambda: refused_at_proxy(gw, first["access_token"]), what="the delegated token refused")
     again = SECOND.exchange(gw, user)
@@ -90,7 +84,7 @@ def test_a_subject_cut_off_also_refuses_the_users_old_identity_provider_token(gw
 
 def test_a_refresh_family_never_outlives_its_subject_token(gw: Gateway, idp: TestIdP) -> None:
     user = idp.token("user:dee", gw.issuer_url, ttl=120)
-    grant = exchanged(gw, SECOND, user)
+    grant = exchanged(SECOND, gw, user)
     refreshed = SECOND.refresh(gw, grant["refresh_token"])
     assert refreshed.status_code == 200
     assert claims_of(refreshed.json()["access_token"])["exp"] <= claims_of(user)["exp"]
@@ -98,12 +92,12 @@ def test_a_refresh_family_never_outlives_its_subject_token(gw: Gateway, idp: Tes
 
 def test_an_identity_providers_act_chain_is_reduced_to_its_actors(gw: Gateway, idp: TestIdP) -> None:
     user = idp.token("user:eve", gw.issuer_url, act={"sub": "portal", "extra": {"role": "admin"}})
-    act = claims_of(exchanged(gw, SECOND, user)["access_token"])["act"]
+    act = claims_of(exchanged(SECOND, gw, user)["access_token"])["act"]
     assert act == {"sub": SECOND.client_id, "act": {"sub": "portal"}}
 
 
 def test_refresh_follows_the_agents_current_config(gw: Gateway, idp: TestIdP) -> None:
-    grant = exchanged(gw, FIRST, idp.token("user:fay", gw.issuer_url), scope="crm.read crm.write")
+    grant = exchanged(FIRST, gw, idp.token("user:fay", gw.issuer_url), scope="crm.read crm.write")
     config = yaml.safe_load(gw.config_path.read_text())
     narrowed = {**config["agents"][FIRST.client_id], "scopes": ["crm.read"]}
     try:

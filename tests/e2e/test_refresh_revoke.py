@@ -21,6 +21,7 @@ from token_support import (
     KeyPair,
     SecretAgent,
     TestIdP,
+    assert_oauth_error,
     assertion_fields,
     claims_of,
     client_assertion,
@@ -28,6 +29,7 @@ from token_support import (
     post_form,
     proxy_get,
     refused_at_proxy,
+    user_token,
 )
 
 ASSISTANT = SecretAgent("assistant", "assistant-s3cret:%+")
@@ -97,10 +99,6 @@ def twin(gw: Gateway, upstream: Upstream, tmp_path_factory: pytest.TempPathFacto
     gateway.stop()
 
 
-def user_token(idp: TestIdP, gw: Gateway, subject: str = "alice", scope: str = "crm.read crm.write") -> str:
-    return idp.token(subject, gw.issuer_url, scope)
-
-
 def delegated(agent: SecretAgent, gw: Gateway, idp: TestIdP, subject: str = "alice", **params: Any) -> dict[str, Any]:
     response = agent.exchange(gw, user_token(idp, gw, subject), **params)
     assert response.status_code == 200, response.text
@@ -111,14 +109,6 @@ def refreshed(agent: SecretAgent, gw: Gateway, refresh_token: str, **params: Any
     response = agent.refresh(gw, refresh_token, **params)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def assert_error(response: httpx2.Response, error: str, status: int = 400) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "error_description"} and body["error"] == error, body
-    assert response.headers["cache-control"] == "no-store"
-    return body["error_description"]
 
 
 def works_at_proxy(gw: Gateway, token: str) -> bool:
@@ -157,7 +147,7 @@ def test_refresh_may_narrow_the_scope(gw: Gateway, idp: TestIdP):
 
 def test_refresh_cannot_widen_the_scope(gw: Gateway, idp: TestIdP):
     first = delegated(ASSISTANT, gw, idp, scope="crm.read")
-    description = assert_error(
+    description = assert_oauth_error(
         ASSISTANT.refresh(gw, first["refresh_token"], scope="crm.read crm.write"), "invalid_scope"
     )
     assert "crm.write" in description
@@ -166,7 +156,7 @@ def test_refresh_cannot_widen_the_scope(gw: Gateway, idp: TestIdP):
 def test_reused_refresh_token_is_invalid_grant(gw: Gateway, idp: TestIdP):
     first = delegated(ASSISTANT, gw, idp)
     refreshed(ASSISTANT, gw, first["refresh_token"])
-    assert_error(ASSISTANT.refresh(gw, first["refresh_token"]), "invalid_grant")
+    assert_oauth_error(ASSISTANT.refresh(gw, first["refresh_token"]), "invalid_grant")
 
 
 def test_reused_refresh_token_revokes_the_family(gw: Gateway, idp: TestIdP):
@@ -175,14 +165,14 @@ def test_reused_refresh_token_revokes_the_family(gw: Gateway, idp: TestIdP):
     assert works_at_proxy(gw, first["access_token"]) and works_at_proxy(gw, second["access_token"])
     assert ASSISTANT.refresh(gw, first["refresh_token"]).status_code == 400  # the replay
     # The newest refresh token of the family, and every access token issued from it, are dead too.
-    assert_error(ASSISTANT.refresh(gw, second["refresh_token"]), "invalid_grant")
+    assert_oauth_error(ASSISTANT.refresh(gw, second["refresh_token"]), "invalid_grant")
     for body in (first, second):
         wait_until(lambda b=body: refused_at_proxy(gw, b["access_token"]), PROPAGATION, "family revoked at proxy")
 
 
 def test_refresh_token_of_another_agent_is_invalid_grant_and_stays_usable(gw: Gateway, idp: TestIdP):
     first = delegated(ASSISTANT, gw, idp)
-    assert_error(OTHER.refresh(gw, first["refresh_token"]), "invalid_grant")
+    assert_oauth_error(OTHER.refresh(gw, first["refresh_token"]), "invalid_grant")
     assert "refresh_token" in refreshed(ASSISTANT, gw, first["refresh_token"])
 
 
@@ -227,14 +217,14 @@ def test_token_type_hint_is_only_a_hint(gw: Gateway):
 
 def test_revoking_another_agents_access_token_is_refused_and_it_stays_valid(gw: Gateway):
     token = OTHER.access_token(gw)
-    assert_error(ASSISTANT.revoke(gw, token), "invalid_grant")
+    assert_oauth_error(ASSISTANT.revoke(gw, token), "invalid_grant")
     assert works_at_proxy(gw, token)
     assert OTHER.introspect(gw, token).json()["active"] is True
 
 
 def test_revoking_another_agents_refresh_token_is_refused_and_it_stays_usable(gw: Gateway, idp: TestIdP):
     first = delegated(OTHER, gw, idp)
-    assert_error(ASSISTANT.revoke(gw, first["refresh_token"]), "invalid_grant")
+    assert_oauth_error(ASSISTANT.revoke(gw, first["refresh_token"]), "invalid_grant")
     assert works_at_proxy(gw, first["access_token"])
     refreshed(OTHER, gw, first["refresh_token"])
 
@@ -243,7 +233,7 @@ def test_revoking_a_refresh_token_ends_its_family_and_its_access_tokens(gw: Gate
     first = delegated(ASSISTANT, gw, idp)
     second = refreshed(ASSISTANT, gw, first["refresh_token"])
     assert ASSISTANT.revoke(gw, second["refresh_token"], token_type_hint="refresh_token").status_code == 200
-    assert_error(ASSISTANT.refresh(gw, second["refresh_token"]), "invalid_grant")
+    assert_oauth_error(ASSISTANT.refresh(gw, second["refresh_token"]), "invalid_grant")
     for body in (first, second):
         wait_until(lambda b=body: refused_at_proxy(gw, b["access_token"]), PROPAGATION, "family revoked at proxy")
 
@@ -326,7 +316,7 @@ def test_cli_revoke_of_a_subject_also_ends_its_refresh_tokens(gw: Gateway, idp: 
     first = delegated(ASSISTANT, gw, idp, subject=subject)
     revoke_cli(gw, "--subject", subject)
     wait_until(lambda: refused_at_proxy(gw, first["access_token"]), FILE_PROPAGATION, "subject revoked")
-    assert_error(ASSISTANT.refresh(gw, first["refresh_token"]), "invalid_grant")
+    assert_oauth_error(ASSISTANT.refresh(gw, first["refresh_token"]), "invalid_grant")
 
 
 def test_gateways_sharing_a_revocations_file_see_each_others_revocations(gw: Gateway, twin: Gateway):
@@ -378,7 +368,7 @@ def test_refresh_token_reuse_is_detected_across_gateways_sharing_redis(
     first, second = redis_pair
     issued = delegated(ASSISTANT, first, idp)
     rotated = refreshed(ASSISTANT, second, issued["refresh_token"])  # the family lives in Redis
-    assert_error(ASSISTANT.refresh(first, issued["refresh_token"]), "invalid_grant")
+    assert_oauth_error(ASSISTANT.refresh(first, issued["refresh_token"]), "invalid_grant")
     for gateway in (first, second):
         wait_until(lambda g=gateway: refused_at_proxy(g, rotated["access_token"]), PROPAGATION, "family revoked")
 
@@ -391,7 +381,7 @@ def test_client_assertion_replay_is_detected_across_gateways_sharing_redis(redis
     }
     assert post_form(first.issuer_url + TOKEN_PATH, fields).status_code == 200
     # The twin's issuer URL (the assertion's audience) is the first gateway's: the same token service.
-    assert_error(post_form(second.issuer_url + TOKEN_PATH, fields), "invalid_client", status=401)
+    assert_oauth_error(post_form(second.issuer_url + TOKEN_PATH, fields), "invalid_client", status=401)
 
 
 # --- audit ----------------------------------------------------------------------------------------------------
