@@ -214,9 +214,10 @@ class TokenService:
         if not scopes:
             raise invalid_scope("the agent and the subject token have no scope in common", "no_common_scope")
         now = self._clock()
-        # Revoking any token of the lineage revokes this one (our own tokens only: we cannot revoke an IdP's).
-        own_jti = subject.jti if subject.issuer == self.config.issuer.url else None
-        ancestors = subject.ancestors + ((own_jti,) if own_jti else ())
+        # Revoking any token of the lineage revokes this one. Our own tokens only: we cannot revoke an IdP's, and
+        # an IdP's claim of that name means nothing here.
+        ours = subject.issuer == self.config.issuer.url
+        ancestors = (*subject.ancestors, subject.jti) if ours and subject.jti else ()
         token, claims = self._mint(
             client,
             subject=subject.subject,
