@@ -24,7 +24,7 @@ from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
 from gateway.config import Config
 from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, SecretChecker
-from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService
+from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService, grant_revoked
 from gateway.issuer.keys import KeyStore
 from gateway.issuer.oauth import (
     MAX_FORM_BYTES,
@@ -37,7 +37,13 @@ from gateway.issuer.oauth import (
     too_large,
 )
 from gateway.issuer.subjects import SubjectVerifier
-from gateway.issuer.tokens import VERIFY_ALGORITHMS, InvalidToken, parse_unverified, validate_claims, verify_signature
+from gateway.issuer.tokens import (
+    VERIFY_ALGORITHMS,
+    InvalidToken,
+    parse_unverified,
+    validate_claims,
+    verify_signature,
+)
 from gateway.metrics import TOKEN_REQUESTS
 from gateway.proxy.stamp import request_id_from
 from gateway.state import SharedState, StateUnavailable, refresh_token_hash
@@ -309,33 +315,56 @@ class IssuerApp:
         try:
             parts, form, client = await self._authenticated(request, INTROSPECT_PATH)
             token = form.require("token")
+            body = await self._introspection(parts.config, token, client)
         except OAuthError as error:
             return self._refused(request, started, error)
-        config = parts.config
-        claims = self._our_signed_claims(config, token)
-        body: dict[str, Any] = {"active": False}
-        if claims is not None and claims.get("client_id") == client.id:
-            try:
-                principal = validate_claims(
-                    claims,
-                    issuer=config.issuer.url,
-                    audience=config.proxy.public_url,
-                    now=self._clock(),
-                    leeway=0,  # introspection answers "is it active now", without the proxy's grace
-                )
-            except InvalidToken:
-                principal = None
-            if principal is not None and not self._state.revocations.is_revoked(principal):
-                body = {"active": True, "token_type": "Bearer"}
-                body.update(
-                    {
-                        k: claims[k]
-                        for k in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act")
-                        if k in claims
-                    }
-                )
+        except StateUnavailable as exc:
+            return self._refused(request, started, _unavailable(exc))
         request_id = request_id_from(request.headers.get("x-request-id", "").encode("latin-1"))
         return JSONResponse(body, headers={**NO_STORE, "x-request-id": request_id})
+
+    async def _introspection(self, config: Config, token: str, client: Client) -> dict[str, Any]:
+        inactive: dict[str, Any] = {"active": False}
+        claims = self._our_signed_claims(config, token)
+        if claims is None:
+            return await self._refresh_introspection(config, token, client)
+        if claims.get("client_id") != client.id:
+            return inactive
+        try:
+            principal = validate_claims(
+                claims,
+                issuer=config.issuer.url,
+                audience=config.proxy.public_url,
+                now=self._clock(),
+                leeway=0,  # introspection answers "is it active now", without the proxy's grace
+            )
+        except InvalidToken:
+            return inactive
+        if self._state.revocations.is_revoked(principal):
+            return inactive
+        fields = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "act")
+        return {"active": True, "token_type": "Bearer", **{k: claims[k] for k in fields if k in claims}}
+
+    async def _refresh_introspection(self, config: Config, token: str, client: Client) -> dict[str, Any]:
+        """A refresh token is active while it would refresh: unspent, its family live and unrevoked."""
+        grant = await self._state.find_refresh(refresh_token_hash(token), unspent=True)
+        if (
+            grant is None
+            or grant.agent != client.id
+            or grant.expires_at <= self._clock()
+            or grant_revoked(self._state.revocations, grant)
+        ):
+            return {"active": False}
+        body: dict[str, Any] = {
+            "active": True,
+            "scope": " ".join(grant.scopes),
+            "client_id": grant.agent,
+            "sub": grant.subject,
+            "iss": config.issuer.url,
+            "exp": int(grant.expires_at),
+            "iat": int(grant.issued_at),
+        }
+        return {**body, "act": grant.act} if grant.act else body
 
     async def jwks(self, request: Request) -> Response:
         # Short cache: verifiers pick up a rotated key within minutes, and refetch on an unknown kid anyway.

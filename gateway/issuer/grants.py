@@ -21,7 +21,7 @@ from gateway.issuer.keys import SigningKey
 from gateway.issuer.oauth import Form, OAuthError, invalid_request
 from gateway.issuer.subjects import SubjectVerifier
 from gateway.issuer.tokens import InvalidToken, SubjectToken, delegation_chain, mint_access_token
-from gateway.state import RefreshGrant, RefreshReused, SharedState, refresh_token_hash
+from gateway.state import RefreshGrant, RefreshReused, RevocationList, SharedState, refresh_token_hash
 
 # Protocol identifiers, not secrets (hence the noqa for the password heuristic).
 CLIENT_CREDENTIALS = "client_credentials"
@@ -135,6 +135,14 @@ def may_act_for(patterns: Iterable[str], subject: str) -> bool:
 def nest_act(agent: str, prior: dict[str, Any] | None) -> dict[str, Any]:
     """RFC 8693 §4.1: the current actor outermost, earlier actors nested inside."""
     return {"sub": agent, "act": prior} if prior is not None else {"sub": agent}
+
+
+def grant_revoked(revocations: RevocationList, grant: RefreshGrant) -> bool:
+    """Whether a refresh family fell under a revocation since it started: its agent's or subject's cut-off, an agent
+    in its chain, or a token it was exchanged from."""
+    return revocations.is_cut_off(grant.agent, grant.subject, grant.issued_at) or revocations.is_chain_revoked(
+        delegation_chain(grant.act), grant.ancestors, grant.issued_at
+    )
 
 
 class TokenService:
@@ -275,10 +283,7 @@ class TokenService:
             )
         if grant.agent != client.id:
             raise OAuthError("invalid_grant", "the refresh token was issued to another client", reason="other_client")
-        revocations = self._state.revocations
-        if revocations.is_cut_off(grant.agent, grant.subject, grant.issued_at) or revocations.is_chain_revoked(
-            delegation_chain(grant.act), grant.ancestors, grant.issued_at
-        ):
+        if grant_revoked(self._state.revocations, grant):
             await self._state.revoke_family(grant.family)
             raise OAuthError("invalid_grant", "the refresh token has been revoked", reason="revoked")
         if not may_act_for(client.config.may_act_for, grant.subject):

@@ -83,8 +83,9 @@ class SharedState(Protocol):
         when the family was revoked meanwhile: the token has been revoked at once; do not hand it out."""
         ...
 
-    async def find_refresh(self, token_hash: str) -> RefreshGrant | None:
-        """The grant of a refresh token, spent or not; None when unknown or its family expired or was revoked."""
+    async def find_refresh(self, token_hash: str, *, unspent: bool = False) -> RefreshGrant | None:
+        """The grant of a refresh token, spent or not (`unspent`: only a token not yet exchanged, one that would
+        refresh now); None when unknown or its family expired or was revoked."""
         ...
 
     async def revoke_family(self, family: str) -> None:

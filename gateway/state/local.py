@@ -98,8 +98,8 @@ class LocalState:
         await self.revoke_jti(jti, expires_at)
         return False
 
-    async def find_refresh(self, token_hash: str) -> RefreshGrant | None:
-        return self._families.find(check_token_hash(token_hash), self._clock())
+    async def find_refresh(self, token_hash: str, *, unspent: bool = False) -> RefreshGrant | None:
+        return self._families.find(check_token_hash(token_hash), self._clock(), unspent=unspent)
 
     async def revoke_family(self, family: str) -> None:
         tokens = self._families.revoke(family)

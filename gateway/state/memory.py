@@ -71,9 +71,11 @@ class RefreshFamilies:
         family.spent[token_hash] = False
         self._by_hash[token_hash] = grant.family
 
-    def find(self, token_hash: str, now: float) -> RefreshGrant | None:
+    def find(self, token_hash: str, now: float, *, unspent: bool = False) -> RefreshGrant | None:
         family = self._live(token_hash, now)
-        return None if family is None else family.grant
+        if family is None or (unspent and family.spent[token_hash]):
+            return None
+        return family.grant
 
     def rotate(self, old_hash: str, new_hash: str, now: float) -> RefreshGrant | None:
         """The grant behind `old_hash`, now spent and succeeded by `new_hash`; None when unknown, expired or revoked.

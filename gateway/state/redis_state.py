@@ -149,8 +149,10 @@ redis.call('HSET', KEYS[1], 'family', ARGV[5], 'spent', '0')
 keep_until(KEYS[1], tonumber(ARGV[10]) + retention)
 """
 
+# ARGV[5] '1': only a token not yet exchanged.
 _FIND_REFRESH = """
 local family, grant = live_family(KEYS[1])
+if family and ARGV[5] == '1' and redis.call('HGET', KEYS[1], 'spent') == '1' then return nil end
 return grant
 """
 
@@ -283,8 +285,8 @@ class RedisState:
         self._apply(revoked)
         return False
 
-    async def find_refresh(self, token_hash: str) -> RefreshGrant | None:
-        grant = await self._run(self._find_refresh, [self._refresh_key(token_hash)])
+    async def find_refresh(self, token_hash: str, *, unspent: bool = False) -> RefreshGrant | None:
+        grant = await self._run(self._find_refresh, [self._refresh_key(token_hash)], "1" if unspent else "0")
         return None if grant is None else RefreshGrant.from_json(grant)
 
     async def revoke_family(self, family: str) -> None:

@@ -253,6 +253,22 @@ def test_introspection_of_an_active_delegated_token_lists_its_claims(gw: Gateway
     assert body["sub"] == "alice" and body["act"] == {"sub": ASSISTANT.client_id}
 
 
+def test_introspection_of_a_live_refresh_token_describes_its_grant(gw: Gateway, idp: TestIdP):
+    grant = delegated(ASSISTANT, gw, idp, scope="crm.read")
+    body = ASSISTANT.introspect(gw, grant["refresh_token"]).json()
+    assert body["active"] is True and "token_type" not in body  # RFC 7662: token_type is an access token's type
+    assert (body["client_id"], body["sub"], body["scope"]) == (ASSISTANT.client_id, "alice", "crm.read")
+    assert body["act"] == {"sub": ASSISTANT.client_id} and body["iss"] == gw.issuer_url
+
+
+def test_introspection_of_a_spent_or_foreign_refresh_token_is_inactive(gw: Gateway, idp: TestIdP):
+    grant = delegated(ASSISTANT, gw, idp, scope="crm.read")
+    assert OTHER.introspect(gw, grant["refresh_token"]).json() == {"active": False}
+    successor = refreshed(ASSISTANT, gw, grant["refresh_token"])["refresh_token"]
+    assert ASSISTANT.introspect(gw, grant["refresh_token"]).json() == {"active": False}
+    assert ASSISTANT.introspect(gw, successor).json()["active"] is True
+
+
 def _revoked(gw: Gateway, idp: TestIdP) -> str:
     token = ASSISTANT.access_token(gw)
     assert ASSISTANT.revoke(gw, token).status_code == 200

@@ -32,7 +32,9 @@ def test_rotation_spends_the_old_token_and_keeps_the_grant() -> None:
     store.store(H0, grant())
     assert store.rotate(H0, H1, NOW + 1) == grant()
     assert store.rotate(H1, H2, NOW + 2) == grant()
-    assert store.find(H0, NOW + 2) == grant()  # spent, still found (for revocation and introspection)
+    assert store.find(H0, NOW + 2) == grant()  # spent, still found (for revocation)
+    assert store.find(H0, NOW + 2, unspent=True) is None  # but no longer active (introspection)
+    assert store.find(H2, NOW + 2, unspent=True) == grant()
 
 
 def test_a_spent_token_presented_again_ends_the_family() -> None:

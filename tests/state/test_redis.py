@@ -179,6 +179,8 @@ async def test_rotation_then_reuse_revokes_the_family_and_its_tokens(states: Any
     await issuer.store_refresh(H0, family)
     assert await issuer.rotate_refresh(H0, H1, time.time()) == family
     assert await issuer.find_refresh(H0) is not None  # spent but known
+    assert await issuer.find_refresh(H0, unspent=True) is None  # and no longer active
+    assert await issuer.find_refresh(H1, unspent=True) == family
     assert await issuer.record_family_token("f1", "at-1", time.time() + 300)
     with pytest.raises(RefreshReused) as reused:
         await proxy.rotate_refresh(H0, H2, time.time())
