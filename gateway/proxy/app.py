@@ -444,7 +444,10 @@ class ProxyApp:
         headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """Audit a request refused before the pipeline ran (by the HTTP layer: 400, 431; or a WebSocket 403)."""
-        crossing, _ = _open_crossing(headers, client, raw_target[:1024], "1.1")
+        # The path only, as for every other event: the HTTP layer hands over the whole target, and a query string
+        # may carry a token (`?access_token=`) or other secrets that must never reach the audit trail.
+        path = raw_target.split(b"?", 1)[0].split(b"#", 1)[0]
+        crossing, _ = _open_crossing(headers, client, path[:1024], "1.1")
         crossing.event.decision = "deny"
         crossing.event.reason = reason
         crossing.status = status

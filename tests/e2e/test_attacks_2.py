@@ -195,6 +195,19 @@ def test_a_431_refusal_is_audited(gateway: Gateway):
     assert any(e.get("path") == probe and e.get("status") == "431" for e in gateway.audit_events())
 
 
+def test_a_token_in_the_query_of_a_refused_request_never_reaches_the_audit(gateway: Gateway):
+    probe = "/v1/customers/query-probe-" + uuid.uuid4().hex[:8]
+    secret = "SECRET" + uuid.uuid4().hex
+    data = _exchange(
+        gateway.proxy_url,
+        f"GET {probe}?access_token={secret}&x=1 HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 70000}\r\n\r\n".encode(),
+    )
+    assert _status_line(data) == 431
+    _barrier(gateway)
+    assert any(e.get("path") == probe and e.get("status") == "431" for e in gateway.audit_events())
+    assert secret not in (gateway.dir / "audit.jsonl").read_text()
+
+
 def test_a_refused_websocket_upgrade_is_audited(gateway: Gateway):
     marker = "ws-" + uuid.uuid4().hex
     data = _exchange(
