@@ -263,9 +263,13 @@ async def run_gateway(
     finally:
         for task in watch_tasks:
             task.cancel()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        await gateway.aclose()
+        try:
+            # Handlers stay installed while the audit queue drains: a repeated SIGTERM (a supervisor forwarding
+            # twice, a group-wide signal) must not kill the process with events still queued.
+            await gateway.aclose()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
         log.info("stopped")
 
 

@@ -104,17 +104,21 @@ class FileSink:
 
     async def _run(self) -> None:
         backoff = 0.05
+        count = 0
+        unwritten: memoryview | None = None  # what is left of the batch being written, the first `count` events
         while True:
             await self._wakeup.wait()
             if not self._closing and len(self._queue) < self._batch_size:
                 await asyncio.sleep(LINGER_SECONDS)
             self._wakeup.clear()
             while self._queue:
-                batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
-                data = b"".join([encode_event(e) for e in batch])
-                try:
-                    await asyncio.to_thread(self._write, data)
-                except OSError as exc:
+                if unwritten is None:
+                    count = min(self._batch_size, len(self._queue))
+                    unwritten = memoryview(b"".join([encode_event(self._queue[i]) for i in range(count)]))
+                written, exc = await asyncio.to_thread(self._write, unwritten)
+                # Only the rest of a partly written batch is retried: rewriting it whole would duplicate events.
+                unwritten = unwritten[written:]
+                if exc is not None:
                     # Keep the batch queued and retry: an event is never dropped because a disk hiccuped.
                     if not self._failing:
                         log.error("audit file %s not writable, retrying: %s", self.path, exc)
@@ -128,16 +132,21 @@ class FileSink:
                     continue
                 backoff = 0.05
                 self._failing = False
-                for _ in batch:
+                unwritten = None
+                for _ in range(count):
                     self._queue.popleft()
-                AUDIT_EVENTS.labels(self.name, "written").inc(len(batch))
+                AUDIT_EVENTS.labels(self.name, "written").inc(count)
                 AUDIT_QUEUE_DEPTH.set(len(self._queue))
             if self._closing:
                 return
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: memoryview) -> tuple[int, OSError | None]:
+        """Write `data`; (bytes written, None), or (bytes written before the failure, the failure)."""
         assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError as exc:
+            return done, exc
+        return done, None

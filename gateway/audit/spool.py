@@ -140,9 +140,13 @@ class Spool:
         """Up to `max_lines` lines from the replay cursor (one segment at a time); None when all is replayed."""
         while self._segments:
             segment = self._segments[0]
-            with open(self._path(segment), "rb") as file:
-                file.seek(self._offset)
-                block = file.read(_READ_BYTES)
+            try:
+                with open(self._path(segment), "rb") as file:
+                    file.seek(self._offset)
+                    block = file.read(_READ_BYTES)
+            except FileNotFoundError:
+                self._segment_vanished(segment)
+                continue
             complete = block[: block.rfind(b"\n") + 1]
             if complete:
                 # The last piece is either the empty string after the final newline or the lines left for later.
@@ -166,6 +170,24 @@ class Spool:
         elif self.pending_bytes == 0:
             # Everything replayed, the segment being appended included: start afresh rather than grow it forever.
             self._drop_first_segment()
+
+    def _segment_vanished(self, segment: int) -> None:
+        # Deleted under us (an operator, a tmp cleaner): its events are gone, but the ones after it are not, and the
+        # writer must go on rather than fail on the same missing file for ever.
+        log.error("audit: spool segment %s vanished before it was replayed; its events are lost", self._path(segment))
+        if self._is_appending(segment):
+            assert self._append_fd is not None
+            os.close(self._append_fd)  # appending to an unlinked file would lose every later event too
+            self._append_fd = None
+        self._segments.pop(0)
+        self._offset = 0
+        self.pending_bytes = sum(self._size(s) for s in self._segments)
+
+    def _size(self, segment: int) -> int:
+        try:
+            return self._path(segment).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _is_appending(self, segment: int) -> bool:
         return self._append_fd is not None and segment == self._segments[-1]

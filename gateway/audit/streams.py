@@ -161,9 +161,14 @@ class RedisStreamSink:
     # The request path: no I/O, no awaiting.
 
     def emit(self, event: AuditEvent) -> bool:
-        if self._closing or len(self._queue) >= self._queue_size:
+        if self._closing or len(self._queue) >= self._queue_size or self._task is None or self._task.done():
             child(AUDIT_EVENTS, self.name, "failed").inc()
-            why = "the sink is closing" if self._closing else "the queue is full: neither Redis nor the spool keeps up"
+            if self._closing:
+                why = "the sink is closing"
+            elif self._task is None or self._task.done():
+                why = "the audit writer is not running"
+            else:
+                why = "the queue is full: neither Redis nor the spool keeps up"
             self._log.error(
                 "refused", "audit event %s for request %s not accepted: %s", event.event, event.request_id, why
             )
@@ -240,6 +245,26 @@ class RedisStreamSink:
         return self._redis_error is not None or self._backlog
 
     async def _run(self) -> None:
+        """The writer, restarted after anything unexpected: events keep queueing (and spooling) meanwhile, and a
+        writer that died quietly would lose every later event at shutdown."""
+        while True:
+            try:
+                await self._write_until_closed()
+                return
+            except Exception as exc:
+                self._log.error(
+                    "writer", "audit: the writer failed (%s: %s); restarting it in 1 s", type(exc).__name__, exc
+                )
+                if self._closing:
+                    with contextlib.suppress(Exception):
+                        await self._spool_queued()
+                    if self._queue:
+                        child(AUDIT_EVENTS, self.name, "failed").inc(len(self._queue))
+                        log.error("audit: %d events could not be written at shutdown", len(self._queue))
+                    return
+                await asyncio.sleep(1.0)
+
+    async def _write_until_closed(self) -> None:
         loop = asyncio.get_running_loop()
         retry_at, retry_delay = 0.0, _RETRY_FIRST
         while True:
@@ -345,6 +370,8 @@ class RedisStreamSink:
         await self._adopt_orphans()
         for spool in self._spools:
             while (chunk := await asyncio.to_thread(spool.read, self._batch_size)) is not None:
+                if self._closing:
+                    return False  # the rest is the next start's to replay: a stop must not wait for a long spool
                 if not await self._replay_chunk(spool, chunk):
                     return False
                 await asyncio.to_thread(spool.commit, chunk)
@@ -375,7 +402,7 @@ class RedisStreamSink:
                 fields = orjson.loads(line)
                 prefix, _ = split_event_id(fields["id"])
                 ts = parse_rfc3339(fields["ts"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 child(AUDIT_EVENTS, self.name, "failed").inc()
                 log.error("audit: unreadable event in spool %s skipped: %r", spool.name, line[:200])
                 continue
@@ -408,7 +435,7 @@ class RedisStreamSink:
         self._adopted += adopted
         if adopted and self._oldest_ts is None:
             chunk = await asyncio.to_thread(adopted[0].read, 1)
-            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 self._oldest_ts = parse_rfc3339(orjson.loads(chunk.lines[0])["ts"]) if chunk and chunk.lines else None
         self._update_gauges()
 

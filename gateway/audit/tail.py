@@ -193,7 +193,9 @@ def table_header() -> str:
 def _row(fields: Mapping[str, str]) -> str:
     cells = []
     for name, width in _COLUMNS:
-        value = str(fields.get(name, "")) or "-"
+        # Escaped, not printed: a subject or path with terminal control, bidi or zero-width characters (from a
+        # trusted IdP's token, say) must not rewrite or reorder the operator's table.
+        value = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in str(fields.get(name, ""))) or "-"
         if width:
             value = value if len(value) <= width else value[: width - 1] + "…"
             cells.append(value.ljust(width))

@@ -191,6 +191,12 @@ class IssuerApp:
 
     async def _authenticated(self, request: Request, path: str) -> tuple[_Parts, Form, Client]:
         parts = self._current()
+        if parts.config.audit.on_failure == "deny" and not self._audit.healthy:
+            # Strict mode: refuse before acting. Answering 503 after a refresh token was rotated or a token revoked
+            # would leave a change without its record (and make the client's retry look like reuse).
+            raise OAuthError(
+                "temporarily_unavailable", "the audit log cannot take events; try again shortly", status=503
+            )
         form = await _read_form(request)
         request.state.form = form  # token() audits the claimed client_id when authentication fails
         authorization = request.headers.get("authorization")

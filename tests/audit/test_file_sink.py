@@ -115,3 +115,42 @@ def test_a_sink_whose_writer_stopped_is_unhealthy(tmp_path: Path):
         return sink.healthy
 
     assert asyncio.run(scenario()) is False
+
+
+_PARTIAL_WRITE = r"""
+import asyncio, resource, signal, sys, time
+from pathlib import Path
+from gateway.audit.events import AuditEvent
+from gateway.audit.sinks import FileSink
+
+path = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+
+
+async def main() -> None:
+    sink = FileSink(path, batch_size=20)
+    await sink.start()
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1500, hard))  # a "full disk" in the middle of the batch
+    for n in range(20):
+        sink.emit(AuditEvent(event="access", ts=time.time(), request_id=f"req-{n}"))
+    deadline = time.monotonic() + 10
+    while sink.healthy and time.monotonic() < deadline:  # until the writer has hit the limit
+        await asyncio.sleep(0.01)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+    await sink.aclose()
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_partly_written_batch_is_finished_not_written_again(tmp_path: Path):
+    import subprocess
+    import sys
+
+    # In a process of its own: a file-size limit in the test process would also hit pytest's own files.
+    path = tmp_path / "audit.jsonl"
+    subprocess.run([sys.executable, "-c", _PARTIAL_WRITE, str(path)], check=True, timeout=30)
+    events = read(path)
+    assert [e["request_id"] for e in events] == [f"req-{n}" for n in range(20)]

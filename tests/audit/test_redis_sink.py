@@ -258,3 +258,40 @@ def test_redis_errors_are_not_logged_once_per_event(
     with caplog.at_level(logging.ERROR, logger="tollbooth.audit"):
         run(scenario)
     assert 1 <= len(caplog.records) <= 3
+
+
+def test_a_stop_during_a_long_replay_does_not_wait_for_the_whole_spool(redis_server: RedisServer, tmp_path: Path):
+    spool = tmp_path / "spool"
+
+    async def fill() -> None:  # an outage long enough to spool a backlog
+        redis_server.stop()
+        sink = sink_for(redis_server, spool, batch_size=50)
+        await sink.start()
+        for n in range(20_000):
+            sink.emit(event(n))
+        await sink.aclose()
+
+    async def stop_while_replaying() -> float:
+        redis_server.start()
+        sink = sink_for(redis_server, spool, batch_size=50)
+        await sink.start()
+        await until(lambda: count("replayed") > replayed_before, "the replay to begin")
+        started = time.monotonic()
+        await sink.aclose()
+        return time.monotonic() - started
+
+    run(fill)
+    replayed_before = count("replayed")
+    stopped_in = asyncio.run(stop_while_replaying())
+    written = len(request_ids(redis_server))
+    assert 0 < written < 20_000, "the stop interrupted the replay"
+    assert stopped_in < 2.0
+
+    async def finish() -> None:  # the next start replays the rest, exactly once and in order
+        sink = sink_for(redis_server, spool)
+        await sink.start()
+        await until(lambda: len(request_ids(redis_server)) >= 20_000, "the rest of the spool")
+        await sink.aclose()
+
+    run(finish)
+    assert request_ids(redis_server) == [f"req-{n}" for n in range(20_000)]

@@ -77,3 +77,18 @@ def test_a_torn_last_line_is_reported_not_replayed(tmp_path: Path):
     adopted.commit(torn)
     assert adopted.read(10) is None and adopted.empty
     adopted.close()
+
+
+def test_a_vanished_segment_is_skipped_and_the_rest_still_replays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 100)
+    spool = Spool.create(tmp_path, "abc")
+    lines = [b'{"n": %d}' % n for n in range(40)]
+    for n in range(0, 40, 4):
+        spool.append(b"".join(line + b"\n" for line in lines[n : n + 4]))
+    first = min(tmp_path.glob("*.seg"))
+    lost = first.read_bytes().splitlines()
+    first.unlink()  # an operator or a tmp cleaner, before the replay
+    assert drain(spool) == lines[len(lost) :]
+    spool.append(b'{"n": 40}\n')  # and appending goes on, into a file that exists
+    assert drain(spool) == [b'{"n": 40}']
+    spool.close()

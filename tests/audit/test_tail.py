@@ -132,3 +132,12 @@ def test_since_is_relative_to_now(tmp_path: Path):
         as_json=True,
     )
     assert [json.loads(line) for line in out.getvalue().splitlines()] == [recent]
+
+
+def test_the_table_escapes_control_bidi_and_zero_width_characters():
+    row = tail_module.format_event(
+        {"event": "access", "subject": "u:\u202eev\u200b", "path": "/a\x1b[2Jb", "decision": "allow"},
+        as_json=False,
+    )
+    assert "\u202e" not in row and "\u200b" not in row and "\x1b" not in row
+    assert "u:\\u202eev\\u200b" in row and "/a\\u001b[2Jb" in row

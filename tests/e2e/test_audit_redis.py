@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -252,3 +253,33 @@ def test_workers_write_one_stream_and_release_their_spools(
 def _listening_pids(log: Path) -> set[int]:
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     return {e["pid"] for e in entries if e["msg"].startswith("proxy listening")}
+
+
+def test_a_second_sigterm_during_the_drain_loses_nothing(upstream: Upstream, redis_server: RedisServer, tmp_path: Path):
+    gw = redis_gateway(tmp_path, upstream, redis_server, write_timeout="1s")
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        admin.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # writes hang: the queue is still full at SIGTERM
+        sent = [f"drain-{n}" for n in range(20)]
+        for request_id in sent:
+            assert httpx2.get(f"{gw.proxy_url}/status", headers={"x-request-id": request_id}).status_code == 200
+        assert gw.process.poll() is None
+        gw.process.send_signal(signal.SIGTERM)
+        # The listeners are closed and the audit queue is draining into a Redis that does not answer:
+        wait_until(
+            lambda: (tmp_path / "gateway.log").read_text().count("Finished server process") == 3,
+            what="the listeners to close",
+        )
+        gw.process.send_signal(signal.SIGTERM)  # a supervisor forwarding twice, a group-wide signal
+        assert gw.process.wait(timeout=20) == 0
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    relaunch(gw)
+    try:
+
+        def drained() -> list[str]:
+            return [e["request_id"] for e in stream_events(redis_server) if e.get("request_id", "").startswith("drain")]
+
+        wait_until(lambda: drained() == sent, what="every event of the stopped gateway replayed once, in order")
+    finally:
+        gw.stop()
