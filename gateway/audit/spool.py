@@ -92,7 +92,30 @@ class Spool:
                 adopted.append(spool)
             else:
                 spool.close()
+        cls._remove_stale_locks(directory, known | set(names))
         return adopted
+
+    @staticmethod
+    def _remove_stale_locks(directory: Path, spools: set[str]) -> None:
+        """Lock files of processes that died with nothing spooled (SIGKILL, OOM): free, so nobody's, so removed;
+        without this every crashed process would leave one behind for ever."""
+        for path in directory.glob("*.lock"):
+            if path.name[: -len(".lock")] in spools:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:  # removed by another process's scan meanwhile
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live process's
+                continue
+            else:
+                # Segments may have appeared since the scan (the owner died just after writing one): keep those.
+                if not any(directory.glob(f"{path.name[: -len('.lock')]}.*.seg")):
+                    path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     @property
     def empty(self) -> bool:

@@ -290,7 +290,8 @@ def test_a_stop_during_a_long_replay_does_not_wait_for_the_whole_spool(redis_ser
     async def finish() -> None:  # the next start replays the rest, exactly once and in order
         sink = sink_for(redis_server, spool)
         await sink.start()
-        await until(lambda: len(request_ids(redis_server)) >= 20_000, "the rest of the spool")
+        stream = redis.Redis(port=redis_server.port)  # XLEN: cheap to poll from the sink's own event loop
+        await until(lambda: stream.xlen(STREAM) >= 20_000, "the rest of the spool")
         await sink.aclose()
 
     run(finish)

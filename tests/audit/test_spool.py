@@ -92,3 +92,21 @@ def test_a_vanished_segment_is_skipped_and_the_rest_still_replays(tmp_path: Path
     spool.append(b'{"n": 40}\n')  # and appending goes on, into a file that exists
     assert drain(spool) == [b'{"n": 40}']
     spool.close()
+
+
+def test_a_crashed_processs_empty_lock_is_cleaned_up_and_a_live_ones_is_not(tmp_path: Path):
+    crashed = subprocess.run(  # creates its spool and dies holding nothing spooled, as on SIGKILL
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; from gateway.audit.spool import Spool; "
+            f"Spool.create(Path({str(tmp_path)!r}), 'dead')",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    assert crashed.returncode == 0 and len(list(tmp_path.glob("*.lock"))) == 1
+    live = Spool.create(tmp_path, "live")
+    assert Spool.adopt_orphans(tmp_path, {live.name}) == []
+    assert [p.name for p in tmp_path.glob("*.lock")] == [f"{live.name}.lock"]
+    live.close()
