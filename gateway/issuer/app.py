@@ -194,11 +194,9 @@ class IssuerApp:
         if parts.config.audit.on_failure == "deny" and not self._audit.healthy:
             # Strict mode: refuse before acting. Answering 503 after a refresh token was rotated or a token revoked
             # would leave a change without its record (and make the client's retry look like reuse).
-            raise OAuthError(
-                "temporarily_unavailable", "the audit log cannot take events; try again shortly", status=503
-            )
+            raise _audit_unavailable()
         form = await _read_form(request)
-        request.state.form = form  # token() audits the claimed client_id when authentication fails
+        request.state.form = form  # a refusal is audited with the client_id claimed, if authentication fails
         authorization = request.headers.get("authorization")
         client = await parts.clients.authenticate(form, authorization, endpoint(parts.config, path))
         return parts, form, client
@@ -221,14 +219,14 @@ class IssuerApp:
         response.headers["x-request-id"] = event.request_id
         if not self._audit.emit(event) and self._config().audit.on_failure == "deny":
             # audit.on_failure: deny: nothing is issued or revoked without a record of it.
-            unavailable = OAuthError(
-                "temporarily_unavailable", "the audit log cannot take events; try again shortly", status=503
-            )
-            return error_response(unavailable)
+            return error_response(_audit_unavailable())
         return response
 
-    def _refused(self, request: Request, started: float, error: OAuthError, agent: str = "") -> Response:
+    def _refused(self, request: Request, started: float, error: OAuthError, client: Client | None) -> Response:
         log.info("token service refused %s: %s (%s)", request.url.path, error.error, error.reason)
+        # Unauthenticated: the client_id it claimed, if it got as far as sending one (for the audit trail only).
+        form: Form | None = getattr(request.state, "form", None)
+        agent = client.id if client else _audit_name(form.get("client_id") if form else None)
         event = self._event(
             request, "token.denied", started, error.status, agent=agent, decision="deny", reason=error.reason
         )
@@ -237,15 +235,13 @@ class IssuerApp:
     async def token(self, request: Request) -> Response:
         started = time.perf_counter()
         client: Client | None = None
-        form = Form()
         try:
             parts, form, client = await self._authenticated(request, TOKEN_PATH)
             issued = await parts.tokens.grant(client, form)
         except OAuthError as error:
-            claimed = getattr(request.state, "form", form).get("client_id")
-            return self._refused(request, started, error, client.id if client else _audit_name(claimed))
+            return self._refused(request, started, error, client)
         except StateUnavailable as exc:
-            return self._refused(request, started, _unavailable(exc), client.id if client else "")
+            return self._refused(request, started, _unavailable(exc), client)
         event = self._issued_event(request, started, issued, client.id)
         return self._answer(event, JSONResponse(issued.response(), headers=NO_STORE))
 
@@ -272,9 +268,9 @@ class IssuerApp:
             parts, form, client = await self._authenticated(request, REVOKE_PATH)
             fields = await self._revoke(parts.config, form.require("token"), client)
         except OAuthError as error:
-            return self._refused(request, started, error, client.id if client else "")
+            return self._refused(request, started, error, client)
         except StateUnavailable as exc:
-            return self._refused(request, started, _unavailable(exc), client.id if client else "")
+            return self._refused(request, started, _unavailable(exc), client)
         event = self._event(request, "token.revoked", started, 200, agent=client.id, decision="allow", **fields)
         return self._answer(event, Response(status_code=200, headers=NO_STORE))
 
@@ -318,14 +314,14 @@ class IssuerApp:
     async def introspect(self, request: Request) -> Response:
         """RFC 7662 §2.2: anything not active, or not the caller's, is exactly {"active": false}."""
         started = time.perf_counter()
+        client: Client | None = None
         try:
             parts, form, client = await self._authenticated(request, INTROSPECT_PATH)
-            token = form.require("token")
-            body = await self._introspection(parts.config, token, client)
+            body = await self._introspection(parts.config, form.require("token"), client)
         except OAuthError as error:
-            return self._refused(request, started, error)
+            return self._refused(request, started, error, client)
         except StateUnavailable as exc:
-            return self._refused(request, started, _unavailable(exc))
+            return self._refused(request, started, _unavailable(exc), client)
         request_id = request_id_from(request.headers.get("x-request-id", "").encode("latin-1"))
         return JSONResponse(body, headers={**NO_STORE, "x-request-id": request_id})
 
@@ -394,6 +390,10 @@ async def _read_form(request: Request) -> Form:
         if len(body) > MAX_FORM_BYTES:
             raise too_large()
     return parse_form(content_type, bytes(body))
+
+
+def _audit_unavailable() -> OAuthError:
+    return OAuthError("temporarily_unavailable", "the audit log cannot take events; try again shortly", status=503)
 
 
 def _unavailable(exc: StateUnavailable) -> OAuthError:
