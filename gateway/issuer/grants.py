@@ -7,7 +7,6 @@ TokenService only adds the I/O: verifying subject tokens, refresh-token state, s
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +19,7 @@ from gateway.issuer.clients import Client
 from gateway.issuer.keys import SigningKey
 from gateway.issuer.oauth import Form, OAuthError, invalid_request
 from gateway.issuer.subjects import SubjectVerifier
-from gateway.issuer.tokens import InvalidToken, SubjectToken, delegation_chain, mint_access_token
+from gateway.issuer.tokens import SCOPE_TOKEN, InvalidToken, SubjectToken, delegation_chain, mint_access_token
 from gateway.state import RefreshGrant, RefreshReused, RevocationList, SharedState, refresh_token_hash
 
 # Protocol identifiers, not secrets (hence the noqa for the password heuristic).
@@ -31,7 +30,6 @@ GRANT_TYPES = (CLIENT_CREDENTIALS, TOKEN_EXCHANGE, REFRESH_TOKEN)
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105  (RFC 8693 §3)
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
 SUBJECT_TOKEN_TYPES = (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE)
-_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +68,7 @@ def parse_scope(value: str | None) -> list[str] | None:
     if value is None:
         return None
     scopes = [s for s in value.split(" ") if s]
-    bad = [s for s in scopes if not _SCOPE_TOKEN.match(s)]
+    bad = [s for s in scopes if not SCOPE_TOKEN.match(s)]
     if bad or not scopes:
         raise invalid_scope("the scope parameter must be scope names separated by spaces", "malformed_scope")
     return list(dict.fromkeys(scopes))

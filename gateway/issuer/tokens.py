@@ -49,7 +49,7 @@ _MINTED_CLAIMS = frozenset({*REQUIRED_CLAIMS, "scope", "act", ANCESTORS_CLAIM})
 # `none`, an HMAC or another algorithm than the key's (RFC 8725 §3.1).
 _JWS = {alg: PyJWS(algorithms=[alg]) for alg in VERIFY_ALGORITHMS}
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")  # RFC 7515 §2: base64url without padding
-_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token (NQCHAR)
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token (NQCHAR)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -188,7 +188,7 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
     if scope is None:
         return frozenset()
     tokens = scope.split(" ") if isinstance(scope, str) else None  # RFC 9068 §2.2.3, RFC 6749 §3.3
-    if tokens is None or not all(_SCOPE_TOKEN.match(t) for t in tokens if t):
+    if tokens is None or not all(SCOPE_TOKEN.match(t) for t in tokens if t):
         raise InvalidToken("bad_claim", "The access token's scope claim is not a space-separated list of scopes")
     return frozenset(t for t in tokens if t)
 
@@ -265,7 +265,7 @@ def validate_claims(
 def _scope_claim(scopes: Iterable[str]) -> str:
     unique = list(dict.fromkeys(scopes))
     for scope in unique:
-        if not _SCOPE_TOKEN.match(scope):
+        if not SCOPE_TOKEN.match(scope):
             raise ValueError(f"{scope!r} is not a valid scope (RFC 6749 §3.3)")
     return " ".join(unique)
 
@@ -363,7 +363,7 @@ def validate_subject_claims(
         raise InvalidToken("issued_in_future", "The subject token was issued in the future")
     scopes = _scopes(claims)
     scp = claims.get("scp")  # Okta and Entra ID put scopes in an array named scp
-    if isinstance(scp, list) and all(isinstance(s, str) and _SCOPE_TOKEN.match(s) for s in scp):
+    if isinstance(scp, list) and all(isinstance(s, str) and SCOPE_TOKEN.match(s) for s in scp):
         scopes |= frozenset(scp)
     may_act = claims.get("may_act")
     if may_act is not None and not (isinstance(may_act, dict) and isinstance(may_act.get("sub"), str)):
