@@ -254,7 +254,9 @@ def start_gateway(
     routes: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    ready: bool = True,
 ) -> Gateway:
+    """`ready=False`: wait until the gateway is up (/healthz), not ready (/readyz), for tests of a broken setup."""
     proxy_port, issuer_port, admin_port = free_port(), free_port(), free_port()
     config: dict[str, Any] = {
         "version": 1,
@@ -309,15 +311,17 @@ def start_gateway(
         config,
     )
 
-    def ready() -> bool:
+    probe = "/readyz" if ready else "/healthz"
+
+    def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"gateway exited: {(tmp / 'gateway.log').read_text()}")
         try:
-            return httpx2.get(f"{gw.admin_url}/readyz", timeout=1).status_code == 200
+            return httpx2.get(f"{gw.admin_url}{probe}", timeout=1).status_code == 200
         except httpx2.TransportError:
             return False
 
-    wait_until(ready, timeout=20, what="gateway readiness")
+    wait_until(up, timeout=20, what=f"gateway {probe}")
     return gw
 
 

@@ -151,3 +151,22 @@ def test_revoke_from_elsewhere_refuses_instead_of_revoking_nothing(gw: Gateway, 
     assert result.returncode == 1
     assert "no revocations file" in result.stderr and str(tmp_path) in result.stderr
     assert not (tmp_path / ".tollbooth").exists()
+
+
+def test_strict_mode_refuses_before_revoking_when_the_audit_cannot_record_it(upstream: Upstream, tmp_path: Path):
+    # /dev/full: every write fails with ENOSPC, a disk that is full for the whole test.
+    config = {"audit": {"file": "/dev/full", "on_failure": "deny"}, "agents": {FIRST.client_id: FIRST.config()}}
+    gateway = start_gateway(tmp_path, upstream.url, extra=config, ready=False)
+    try:
+        token = gateway.mint("crm.read", agent=FIRST.client_id)
+        httpx2.get(f"{gateway.proxy_url}/status")  # its audit event meets the full disk
+        wait_until(
+            lambda: httpx2.get(f"{gateway.admin_url}/readyz").json()["checks"]["audit"] != "ok",
+            what="the audit sink to report the failure",
+        )
+        refused = FIRST.revoke(gateway, token)
+        assert refused.status_code == 503 and refused.json()["error"] == "temporarily_unavailable"
+        journal = tmp_path / ".tollbooth" / "revocations.jsonl"
+        assert claims_of(token)["jti"] not in (journal.read_text() if journal.exists() else "")
+    finally:
+        gateway.stop()
