@@ -8,6 +8,7 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import quote_plus
 
 import httpx2
 import jwt
+import pytest
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -276,3 +278,11 @@ def assert_oauth_error(response: httpx2.Response, error: str, status: int = 400)
     assert set(body) == {"error", "error_description"} and body["error"] == error, body
     assert response.headers["cache-control"] == "no-store"
     return body["error_description"]
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[TestIdP]:
+    """A test identity provider for one module's tests."""
+    provider = TestIdP()
+    yield provider
+    provider.stop()

@@ -35,13 +35,6 @@ MAX_DEPTH = 3
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdP]:
-    provider = TestIdP()
-    yield provider
-    provider.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(idp: TestIdP, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     everyone = {"scopes": ["crm.read", "crm.write"], "may_act_for": ["*"]}
     gateway = start_gateway(

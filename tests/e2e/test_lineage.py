@@ -21,13 +21,6 @@ EVERYONE = {"scopes": ["crm.read", "crm.write"], "may_act_for": ["*"], "refresh_
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdP]:
-    provider = TestIdP()
-    yield provider
-    provider.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(idp: TestIdP, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway = start_gateway(
         tmp_path_factory.mktemp("lineage"),

@@ -52,13 +52,6 @@ def agents() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdP]:
-    provider = TestIdP()
-    yield provider
-    provider.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(idp: TestIdP, upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("refresh-revoke")
     gateway = start_gateway(
