@@ -144,7 +144,7 @@ def _explain_text(result: dict[str, Any]) -> str:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from gateway.issuer.keys import KeyStore, KeyStoreError
-    from gateway.issuer.tokens import mint_access_token
+    from gateway.issuer.tokens import act_claim, mint_access_token
 
     config = _load(args.config).config
     scopes = list(dict.fromkeys(s for chunk in args.scope for s in chunk.split()))
@@ -169,9 +169,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     actors = list(args.act or [])
     if args.subject and args.subject != args.agent and not actors:
         actors = [args.agent]  # DESIGN.md: a delegated token names the agent in act.sub
-    act: dict[str, object] | None = None
-    for actor in reversed(actors):
-        act = {"sub": actor, **({"act": act} if act else {})}
+    act = act_claim(actors)
     try:
         keys = KeyStore.load(
             config.issuer.keys_dir, config.issuer.algorithm, token_lifetime=KeyStore.token_lifetime(config)

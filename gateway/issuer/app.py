@@ -40,6 +40,7 @@ from gateway.issuer.subjects import SubjectVerifier
 from gateway.issuer.tokens import (
     VERIFY_ALGORITHMS,
     InvalidToken,
+    delegation_chain,
     parse_unverified,
     validate_claims,
     verify_signature,
@@ -93,11 +94,7 @@ def _audit_name(value: str | None) -> str:
 
 
 def _delegation(act: Any) -> str:
-    actors = []
-    while isinstance(act, dict) and isinstance(act.get("sub"), str):
-        actors.append(act["sub"])
-        act = act.get("act")
-    return ",".join(actors)
+    return ",".join(delegation_chain(act))  # audit's form of the chain, as in X-Tollbooth-Delegation
 
 
 @dataclass

@@ -18,7 +18,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,13 +202,17 @@ def ancestor_jtis(claims: dict[str, Any]) -> tuple[str, ...]:
     return tuple(_identifier({ANCESTORS_CLAIM: jti}, ANCESTORS_CLAIM) for jti in value)
 
 
-def clean_act(act: Any) -> dict[str, Any] | None:
-    """An `act` chain reduced to its actors' `sub`s: only identities we checked travel into tokens we sign."""
-    actors = delegation_chain(act)
+def act_claim(actors: Sequence[str]) -> dict[str, Any] | None:
+    """RFC 8693 §4.1: the `act` claim for a chain of actors given outermost (most recent) first."""
     nested: dict[str, Any] | None = None
     for actor in reversed(actors):
         nested = {"sub": actor, "act": nested} if nested is not None else {"sub": actor}
     return nested
+
+
+def clean_act(act: Any) -> dict[str, Any] | None:
+    """An `act` chain reduced to its actors' `sub`s: only identities we checked travel into tokens we sign."""
+    return act_claim(delegation_chain(act))
 
 
 def delegation_chain(act: Any) -> tuple[str, ...]:
