@@ -72,16 +72,16 @@ class SubjectVerifier:
             aud = claims.get("aud")
             audience = next((a for a in audiences if a == aud or (isinstance(aud, list) and a in aud)), self._issuer)
             principal = validate_claims(claims, issuer=self._issuer, audience=audience, now=now, leeway=self._leeway)
-            if self._revocations.is_revoked(principal):
-                raise InvalidToken("revoked", "The subject token has been revoked")
+            revoked = self._revocations.is_revoked(principal)
         else:
             audiences = self._trusted[issuer].audiences or [self._issuer]
         subject = validate_subject_claims(claims, issuer=issuer, audiences=audiences, now=now, leeway=self._leeway)
-        # `tollbooth revoke --subject` (or `--agent` for an actor already in its chain) covers a user's token from
-        # an identity provider too, or an agent could exchange it again after the cut-off and start afresh.
-        revocations = self._revocations
-        if revocations.is_cut_off("", subject.subject, subject.issued_at) or revocations.is_chain_revoked(
-            delegation_chain(subject.act), subject.ancestors, subject.issued_at
-        ):
+        if not ours:
+            # `tollbooth revoke --subject` (or `--agent` for an actor already in its chain) covers a user's token
+            # from an identity provider too, or an agent could exchange it again after the cut-off and start afresh.
+            revoked = self._revocations.is_cut_off("", subject.subject, subject.issued_at) or (
+                self._revocations.is_chain_revoked(delegation_chain(subject.act), (), subject.issued_at)
+            )
+        if revoked:
             raise InvalidToken("revoked", "The subject token has been revoked")
         return subject
