@@ -200,6 +200,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_agent(args: argparse.Namespace) -> int:
+    from gateway.client import TollboothError, generate_agent_key
+
+    key_file = Path(args.out or f"{args.name}.pem")
+    try:
+        print(generate_agent_key(args.name, key_file, args.algorithm, overwrite=args.force), end="")
+    except TollboothError as exc:
+        _fail(str(exc))
+    print(
+        f"wrote the private key to {key_file} (mode 0600): keep it with the agent, never in the gateway config",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from gateway.issuer.keys import KeyStore, KeyStoreError, generate_key, prune_keys, rotate_keys, utc_text
 
@@ -514,6 +529,18 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
     for verb in (rotate, prune):
         verb.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    agent_key = keys_verbs.add_parser(
+        "agent",
+        help="generate an agent's key pair for private_key_jwt and print its `jwks` config block",
+        description="Generate a key pair for an agent: the private key goes to a file (mode 0600) for the agent's "
+        "SDK (`TollboothAuth(NAME, private_key=FILE, ...)`); the public key is printed as the `jwks` block to "
+        "paste under `agents:` in the gateway config. Needs no config.",
+    )
+    agent_key.add_argument("name", metavar="NAME", help="the agent's client_id")
+    agent_key.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256", "PS256"], default="ES256")
+    agent_key.add_argument("--out", metavar="FILE", help="where to write the private key (default: NAME.pem)")
+    agent_key.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    agent_key.set_defaults(func=cmd_keys_agent)
 
     audit = verbs.add_parser(
         "audit", help="read the audit trail", description="Read the audit trail back (see docs/audit.md)."

@@ -118,7 +118,7 @@ def _check_algorithm(algorithm: str) -> None:
         raise ValueError(f"unsupported signing algorithm {algorithm!r}; use one of {', '.join(SIGNING_ALGORITHMS)}")
 
 
-def _new_private_key(algorithm: str) -> Any:
+def new_private_key(algorithm: str) -> Any:
     if algorithm == "ES256":
         return ec.generate_private_key(ec.SECP256R1())
     if algorithm == "EdDSA":
@@ -195,7 +195,7 @@ def _write_atomically(keys_dir: Path, name: str, data: bytes) -> Path:
 
 
 def _generate_unlocked(keys_dir: Path, algorithm: str, now: float) -> SigningKey:
-    private_key = _new_private_key(algorithm)
+    private_key = new_private_key(algorithm)
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
