@@ -52,6 +52,7 @@ from gateway.state import SharedState, StateUnavailable, refresh_token_hash
 log = logging.getLogger("tollbooth.issuer")
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 (a path, not a secret)
+AUTHORIZE_PATH = "/oauth/authorize"
 REVOKE_PATH = "/oauth/revoke"
 INTROSPECT_PATH = "/oauth/introspect"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -70,6 +71,9 @@ def authorization_server_metadata(config: Config) -> dict[str, Any]:
     scopes = sorted({scope for agent in config.agents.values() for scope in agent.scopes})
     return {
         "issuer": config.issuer.url,
+        # RFC 8414 §2 lets a server without authorization-endpoint grants omit this, but MCP clients (the `mcp`
+        # SDK's OAuthMetadata) refuse metadata without it; the endpoint exists and refuses every request (authorize).
+        "authorization_endpoint": endpoint(config, AUTHORIZE_PATH),
         "token_endpoint": endpoint(config, TOKEN_PATH),
         "jwks_uri": endpoint(config, JWKS_PATH),
         "scopes_supported": scopes,
@@ -128,6 +132,7 @@ class IssuerApp:
         self.app = Starlette(
             routes=[
                 Route(TOKEN_PATH, self.token, methods=["POST"]),
+                Route(AUTHORIZE_PATH, self.authorize, methods=["GET", "POST"]),
                 Route(REVOKE_PATH, self.revoke, methods=["POST"]),
                 Route(INTROSPECT_PATH, self.introspect, methods=["POST"]),
                 Route(JWKS_PATH, self.jwks, methods=["GET", "HEAD"]),
@@ -255,6 +260,21 @@ class IssuerApp:
             granted_scopes=issued.scopes,
             jti=claims["jti"],
             decision="allow",
+        )
+
+    async def authorize(self, request: Request) -> Response:
+        """RFC 6749 §3.1: agents never come here; there is no response type to grant and no one to log in.
+
+        Answered to the caller, never by redirect: no agent registers a redirect URI, and §4.1.2.1 forbids
+        redirecting to one that is not registered (it would make this an open redirector, RFC 9700 §4.11).
+        """
+        token_endpoint = endpoint(self._config(), TOKEN_PATH)
+        return error_response(
+            OAuthError(
+                "unsupported_response_type",
+                f"this authorization server has no interactive login; agents get tokens at {token_endpoint} "
+                "(client_credentials, or token exchange to act for a user)",
+            )
         )
 
     async def revoke(self, request: Request) -> Response:
