@@ -88,10 +88,10 @@ def test_demo_prints_lines_that_work(tmp_path: Path):
         assert process.wait(timeout=20) == 0
 
 
-def _readme_block(marker: str, replacements: dict[str, str]) -> str:
-    """The fenced block after `<!-- walkthrough: {marker} ... -->` in README.md, moved to the test's ports."""
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"<!-- walkthrough: {marker}")
+def _readme_block(marker: str, replacements: dict[str, str], doc: str = "README.md", kind: str = "walkthrough") -> str:
+    """The fenced block after `<!-- {kind}: {marker} ... -->` in `doc`, moved to the test's ports."""
+    readme = (ROOT / doc).read_text()
+    start = readme.index(f"<!-- {kind}: {marker}")
     block = readme[readme.index("\n```", start) :].split("\n", 2)[2]
     block = block[: block.index("\n```")]
     for old, new in replacements.items():
@@ -141,6 +141,56 @@ def test_readme_token_service_walkthrough_works_as_written(tmp_path: Path):
         )
         assert authlib.returncode == 0, authlib.stderr
         assert "Ada Lovelace" in authlib.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+
+
+def test_agents_doc_examples_work_as_written(tmp_path: Path):
+    """docs/agents.md: the complete agent, the private-key agent after `keys agent` and a config edit, and
+    delegation, each run as printed against the demo."""
+    config_path = demo_config(tmp_path)
+    config = yaml.safe_load(config_path.read_text())
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    process = start_demo(config_path, tmp_path)
+    moves = {
+        "http://127.0.0.1:8081": config["issuer"]["url"],
+        "http://127.0.0.1:8080": config["proxy"]["public_url"],
+        "http://127.0.0.1:9000": config["upstreams"]["crm"]["url"],
+    }
+
+    def run(marker: str, *command: str) -> subprocess.CompletedProcess[str]:
+        block = _readme_block(marker, moves, doc="docs/agents.md", kind="example")
+        return subprocess.run([*command, block], cwd=tmp_path, env=DEMO_ENV, capture_output=True, text=True, timeout=60)
+
+    try:
+        assert process.stdout is not None
+        while "Try it" not in (line := process.stdout.readline()):
+            assert line, "demo exited early"
+        proxy = config["proxy"]["public_url"]
+        wait_until(lambda: httpx2.get(f"{proxy}/status").status_code == 200, what="demo upstream")
+
+        agent = run("agent", sys.executable, "-c")
+        assert agent.returncode == 0, agent.stderr
+        assert "Ada Lovelace" in agent.stdout
+        audit = tmp_path / "audit.jsonl"
+        wait_until(lambda: '"token.revoked"' in audit.read_text(), what="the token revoked on leaving the block")
+
+        keys = run("keys", "bash", "-e", "-c")
+        assert keys.returncode == 0, keys.stderr
+        printed = yaml.safe_load(keys.stdout)["agents"]["report-bot"]
+        config["agents"]["report-bot"] = {**printed, "scopes": ["crm.read"]}  # "add what the agent may do"
+        config_path.write_text(yaml.safe_dump(config))
+        keyed = wait_until(
+            lambda: (done := run("private key", sys.executable, "-c")).returncode == 0 and done,
+            timeout=20,
+            what="the reloaded config to accept report-bot",
+        )
+        assert "Ada Lovelace" in keyed.stdout
+
+        delegation = run("delegation", sys.executable, "-c")
+        assert delegation.returncode == 0, delegation.stderr
+        assert "'x-tollbooth-subject': 'user:alice'" in delegation.stdout
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
