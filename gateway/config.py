@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.redis_url import parse_redis_url
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -170,6 +172,14 @@ class AdminConfig(Model):
 
 class RedisConfig(Model):
     url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        # Here, so `tollbooth check` catches a bad one; the error shows the URL redacted, never its password.
+        if url:
+            parse_redis_url(url)
+        return url
 
 
 class AuditConfig(Model):

@@ -193,14 +193,14 @@ def test_env_vars_expand_in_the_routes_file(tmp_path: Path) -> None:
     ],
 )
 def test_an_env_value_cannot_inject_yaml(tmp_path: Path, value: str) -> None:
-    config = load(tmp_path, "redis:\n  url: ${V}\n", env={"V": value}).config
-    assert config.redis.url == value
+    config = load(tmp_path, "audit:\n  stream: ${V}\n", env={"V": value}).config
+    assert config.audit.stream == value
     assert config.proxy.listen == "127.0.0.1:8080"
 
 
 def test_an_env_value_is_not_expanded_again(tmp_path: Path) -> None:
-    config = load(tmp_path, "redis:\n  url: ${V}\n", env={"V": "${SECRET}", "SECRET": "leaked"}).config
-    assert config.redis.url == "${SECRET}"
+    config = load(tmp_path, "audit:\n  stream: ${V}\n", env={"V": "${SECRET}", "SECRET": "leaked"}).config
+    assert config.audit.stream == "${SECRET}"
 
 
 def test_an_env_value_with_a_line_break_cannot_split_an_injected_header(tmp_path: Path) -> None:

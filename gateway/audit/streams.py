@@ -11,6 +11,11 @@ check, because the check and the write must be one atomic step on the server: a 
 `write_timeout` may still run after its replay has started, and then the later of the two must skip.
 The bookkeeping is one small key per sink (process run), not one per event, so it costs nothing at
 30,000 events/s; it relies on the order above, which gives increasing numbers per prefix.
+
+That key is "<stream>:written:<prefix>". On Redis Cluster it must share the stream's hash slot, because the script
+touches both. When `audit.stream` has a hash tag (`{tollbooth}:audit`) the key carries the same tag; otherwise (the
+default `tollbooth:audit`) the key starts with a short tag chosen to fall in the stream's slot, so the stream keeps
+the name consumers read (gateway.redis_slots.slot_tag).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
-import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -35,6 +39,9 @@ from gateway.audit.sinks import LINGER_SECONDS
 from gateway.audit.spool import Chunk, Spool
 from gateway.config import AuditConfig
 from gateway.metrics import AUDIT_EVENTS, AUDIT_QUEUE_DEPTH, AUDIT_SPOOL_BYTES, AUDIT_SPOOL_OLDEST_AGE, child
+from gateway.redis_connect import async_client
+from gateway.redis_slots import hash_tag, slot_tag
+from gateway.redis_url import parse_redis_url
 
 log = logging.getLogger("tollbooth.audit")
 T = TypeVar("T")
@@ -67,6 +74,11 @@ _MARK_TTL_SECONDS = 30 * 86400
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
 _LOG_EVERY_SECONDS = 30.0
 _SPOOL_BATCH = 5000
+
+
+def mark_key_prefix(stream: str, *, cluster: bool) -> str:
+    """What goes before "<stream>:written:<id prefix>" so that the script's two keys share a slot (see above)."""
+    return slot_tag(stream) if cluster and hash_tag(stream) is None else ""
 
 
 def _entry(fields: dict[str, str]) -> tuple[int, bytes]:
@@ -122,11 +134,12 @@ class RedisStreamSink:
         batch_size: int = 500,
     ) -> None:
         # No client-side retries: a failed write goes to the spool at once, and the sink retries on its own clock.
-        self._client = redis.asyncio.Redis.from_url(
+        self._client = async_client(
             url, socket_timeout=write_timeout, socket_connect_timeout=write_timeout, retry=Retry(NoBackoff(), 0)
         )
         self._script = self._client.register_script(_XADD_ONCE)
         self._stream = stream
+        self._marks = mark_key_prefix(stream, cluster=parse_redis_url(url).kind == "cluster") + stream + ":written:"
         self._max_len = max_len
         self._spool_dir = Path(spool_dir)
         self._queue_size = queue_size
@@ -311,7 +324,7 @@ class RedisStreamSink:
         """Run the script on one prefix's (number, entry) pairs: (events written, None) or (0, what went wrong)."""
         written, error = await self._call(
             self._script(
-                keys=[self._stream, f"{self._stream}:written:{prefix}"],
+                keys=[self._stream, self._marks + prefix],
                 args=[self._max_len, _MARK_TTL_SECONDS, *itertools.chain.from_iterable(entries)],
             )
         )

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, TextIO
 
 import orjson
-import redis
 
 from gateway.audit.events import parse_rfc3339
 from gateway.config import Config
+from gateway.redis_connect import SyncClient, sync_client
 
 _PAGE = 500
 _FILE_BLOCK = 64 * 1024
@@ -71,7 +71,7 @@ def stream_id_at(epoch: float) -> str:
 class StreamSource:
     """XREVRANGE pages backwards for the history, then XREAD BLOCK from the newest entry seen."""
 
-    def __init__(self, client: redis.Redis, stream: str) -> None:
+    def __init__(self, client: SyncClient, stream: str) -> None:
         self._client = client
         self._stream = stream
         self._last_id = "0-0"
@@ -211,7 +211,7 @@ def format_event(fields: Mapping[str, str], *, as_json: bool) -> str:
 def open_source(config: Config) -> Source:
     """The stream when Redis is configured (as `serve` writes it), else the JSON-lines file."""
     if config.redis.url:
-        client = redis.Redis.from_url(config.redis.url, decode_responses=True, socket_connect_timeout=5)
+        client = sync_client(config.redis.url, decode_responses=True, socket_connect_timeout=5)
         return StreamSource(client, config.audit.stream)
     return FileSource(Path(config.audit.file))
 

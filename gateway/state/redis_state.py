@@ -1,6 +1,6 @@
 """Shared state in Redis, for several replicas: every one agrees on revocations, refresh families and replays.
 
-Keys (prefix "tollbooth:" by default; every key that can grow has a TTL):
+Keys (prefix "tollbooth:" by default, "{tollbooth}:" on Redis Cluster; every key that can grow has a TTL):
 
     revoked:jtis            sorted set  jti -> its token's exp; pruned past exp + retention, TTL the latest of those
     revoked:agents          hash        client_id -> "revoke what was issued before" (Unix time); tiny, no TTL
@@ -15,7 +15,11 @@ revocation records, see gateway.state.revocations) on the channel "<prefix>revoc
 Each process applies those messages to its `RevocationList`; it reloads the whole set after (re)subscribing, since
 messages sent while it was away are lost, and every `resync_interval` as a safety net.
 
-The scripts name keys they compute themselves, which is fine for one Redis (or Sentinel) but not for Cluster.
+The scripts compute most key names themselves (a family's keys from its id). Redis Cluster accepts that while every
+key a script touches is in the slot of the keys it declares, on that node: so on Cluster the prefix becomes a hash
+tag ("{tollbooth}:", gateway.redis_slots.tagged_prefix), which keeps all of these keys in one slot, and every script
+declares at least one of them. One slot is one node's worth of state, which is small (revocations, live families);
+Cluster still brings failover. On one server or Sentinel the names stay as they were, so an upgrade keeps the data.
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from gateway.metrics import STATE_RELOADS
+from gateway.redis_connect import REDIS_FAILURES, AsyncClient, async_client, subscriber
+from gateway.redis_slots import tagged_prefix
+from gateway.redis_url import parse_redis_url
 from gateway.state.grants import RefreshGrant, RefreshReused, check_token_hash
 from gateway.state.health import Health, StateUnavailable
 from gateway.state.revocations import RevocationList
@@ -47,12 +52,13 @@ log = logging.getLogger("tollbooth.state")
 _RECONNECT_MIN = 0.1  # seconds; doubled per failed attempt up to `reconnect_max`
 
 
-def redis_client(url: str) -> Redis:
-    """The Redis client for `redis.url` (redis://, rediss://, unix://): the one place to add Sentinel or Cluster.
+def redis_client(url: str) -> AsyncClient:
+    """The client for shared state at `redis.url`: one server, a Sentinel-managed master or a Cluster (see
+    gateway.redis_url for the URL forms).
 
     No automatic retries: a retried script could run twice (a rotation seen as its own reuse, an assertion as its
     own replay). Pooled connections that died are still replaced before use, when the pool hands them out."""
-    return Redis.from_url(
+    return async_client(
         url,
         decode_responses=True,
         socket_connect_timeout=2,
@@ -200,9 +206,11 @@ class RedisState:
     ):
         self.revocations = RevocationList(clock=clock, retain_after_expiry=retention)
         self._clock = clock
-        self._prefix = prefix
+        self._prefix = tagged_prefix(prefix) if parse_redis_url(url).kind == "cluster" else prefix
         self._retention = retention
         self._channel = prefix + "revocations"
+        # Cluster sends a script to the node of its first key: scripts that compute all theirs go by this one's slot.
+        self._routing_key = self._prefix + "revoked:jtis"
         self._resync_interval = resync_interval
         self._reconnect_max = reconnect_max
         self._reconnect_delay = _RECONNECT_MIN
@@ -251,7 +259,7 @@ class RedisState:
         ttl_ms = max(1000, math.ceil((expires_at + self._retention - self._clock()) * 1000))
         try:
             first = await self._redis.set(self._prefix + "assertion:" + name, "1", nx=True, px=ttl_ms)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise StateUnavailable(f"redis unreachable: {exc}") from exc
         return bool(first)
 
@@ -298,8 +306,8 @@ class RedisState:
     async def _run(self, script: AsyncScript, keys: list[str], *args: str | float, now: float | None = None) -> Any:
         common = [self._clock() if now is None else now, self._prefix, self._retention, self._channel]
         try:
-            return await script(keys=keys, args=[*common, *args])
-        except RedisError as exc:
+            return await script(keys=keys or [self._routing_key], args=[*common, *args])
+        except REDIS_FAILURES as exc:
             raise StateUnavailable(f"redis unreachable: {exc}") from exc
 
     def _apply(self, message: str) -> None:
@@ -318,7 +326,7 @@ class RedisState:
             try:
                 await self._subscribed()
             except Exception as exc:  # the view must keep being followed whatever broke; the outage is reported
-                if not isinstance(exc, RedisError | OSError):
+                if not isinstance(exc, (*REDIS_FAILURES, OSError)):
                     log.exception("shared state: following revocations failed unexpectedly")
                 self._health.failed(exc)
             self._first_attempt.set()
@@ -328,7 +336,7 @@ class RedisState:
 
     async def _subscribed(self) -> None:
         """One subscription: load everything, then apply messages until the connection fails."""
-        pubsub = self._redis.pubsub()
+        pubsub = await subscriber(self._redis)
         try:
             # Subscribe before loading: what is published while the load runs waits for us in the subscription.
             await pubsub.subscribe(self._channel)
@@ -350,7 +358,7 @@ class RedisState:
                 else:
                     self._health.current()
         finally:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_FAILURES, OSError):
                 await pubsub.aclose()
 
     async def _reload(self) -> None:
@@ -362,7 +370,7 @@ class RedisState:
                 pipe.hgetall(self._prefix + "revoked:agents")
                 pipe.hgetall(self._prefix + "revoked:subjects")
                 jtis, agents, subjects = await pipe.execute()
-        except (RedisError, OSError):
+        except (*REDIS_FAILURES, OSError):
             STATE_RELOADS.labels("redis", "error").inc()
             raise
         for jti, expires_at in jtis:
