@@ -103,3 +103,12 @@ AUDIT_SPOOL_OLDEST_AGE = Gauge(
     "Age of the oldest audit event not yet replayed from the spool to Redis (0 when the spool is empty).",
     multiprocess_mode="livemax",
 )
+
+# Rate limits (gateway.state.ratelimit). Routes and outcomes are bounded by the config; agents are not labels.
+RATE_LIMIT_DECISIONS = Counter(
+    "tollbooth_rate_limit_decisions_total",
+    "Requests counted against a route's rate limit, by route, outcome (allowed, limited, unavailable: refused with "
+    "503 in strict mode while Redis is unreachable) and store (redis; memory: this process only, which with "
+    "redis.url set means Redis was unreachable).",
+    ["route", "outcome", "store"],
+)

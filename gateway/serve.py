@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis.asyncio
 import uvicorn
 
 from gateway.admin import admin_app
@@ -31,9 +30,11 @@ from gateway.issuer.app import IssuerApp
 from gateway.issuer.keys import KeyStore, KeyStoreError, SigningKey
 from gateway.proxy.app import ProxyApp
 from gateway.proxy.protocol import OnRefuse, guarded_protocol
+from gateway.redis_connect import REDIS_FAILURES, async_client
 from gateway.reload import ConfigWatcher
 from gateway.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
 from gateway.state import RevocationList, SharedState, open_state
+from gateway.state.ratelimit import LocalRateLimiter, RateLimiter, open_rate_limiter
 
 log = logging.getLogger("tollbooth")
 
@@ -88,6 +89,7 @@ class Gateway:
     keys: KeyStore
     audit: AuditSink
     state: SharedState
+    limiter: RateLimiter = field(default_factory=LocalRateLimiter)
     snapshot: Snapshot | None = None
     leases: Leases = field(default_factory=Leases)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -155,17 +157,18 @@ class Gateway:
         async def state() -> str | None:
             return self.state.problem()
 
-        checks = {"keys": keys, "config": config, "audit": audit, "state": state}
+        async def rate_limits() -> str | None:
+            return self.limiter.problem()
+
+        checks = {"keys": keys, "config": config, "audit": audit, "state": state, "rate_limits": rate_limits}
         if self.loaded.config.redis.url:
-            client = redis.asyncio.Redis.from_url(
-                self.loaded.config.redis.url, socket_timeout=1, socket_connect_timeout=1
-            )
+            client = async_client(self.loaded.config.redis.url, socket_timeout=1, socket_connect_timeout=1)
             self._closers.append(client.aclose)
 
             async def redis_ping() -> str | None:
                 try:
                     await client.ping()
-                except (redis.RedisError, OSError) as exc:
+                except (*REDIS_FAILURES, OSError) as exc:
                     return f"redis unreachable: {exc.__class__.__name__}"
                 return None
 
@@ -174,6 +177,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.state.aclose()
+        await self.limiter.aclose()
         await self.audit.aclose()
         if self.snapshot is not None:
             await self.snapshot.forwarder.aclose()
@@ -209,11 +213,11 @@ async def run_gateway(
     await audit.start()
     state = open_state(config.redis.url, revocations_file=config.issuer.revocations_file)
     await state.start()
-    gateway = Gateway(loaded=loaded, keys=keys, audit=audit, state=state)
+    gateway = Gateway(loaded=loaded, keys=keys, audit=audit, state=state, limiter=open_rate_limiter(config.redis.url))
     gateway.apply(loaded)
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
-    proxy_app = ProxyApp(gateway.current, audit, state.problem)
+    proxy_app = ProxyApp(gateway.current, audit, state.problem, gateway.limiter)
     issuer = IssuerApp(lambda: gateway.loaded.config, lambda: gateway.keys, state, audit)
     gateway._closers.append(issuer.aclose)
     apps: dict[str, tuple[object, str]] = {

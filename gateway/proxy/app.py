@@ -17,14 +17,16 @@ import orjson
 
 from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
-from gateway.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS, UPSTREAM_SECONDS, child
+from gateway.metrics import IN_FLIGHT, RATE_LIMIT_DECISIONS, REQUEST_SECONDS, REQUESTS, UPSTREAM_SECONDS, child
 from gateway.principal import Principal
-from gateway.proxy.authorize import PathRejected, authorize, normalize_path
+from gateway.proxy.authorize import PathRejected, Route, authorize, normalize_path
 from gateway.proxy.errors import error_response, metadata_resource_for, protected_resource_metadata
 from gateway.proxy.forward import BodyTooLarge, UpstreamError, UpstreamResponse
 from gateway.proxy.identify import TokenRejected, extract_bearer
+from gateway.proxy.ratelimit import client_address, limit_key, limited_description, retry_after_header
 from gateway.proxy.stamp import downstream_response_headers, request_id_from, upstream_request_headers
 from gateway.snapshot import Snapshot
+from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
 from gateway.tracing import TraceContext, continue_or_start
 
 Scope = MutableMapping[str, Any]
@@ -97,11 +99,16 @@ class ProxyApp:
     """The enforcing proxy as a plain ASGI callable."""
 
     def __init__(
-        self, live: Callable[[], Snapshot], audit: AuditSink, state_problem: Callable[[], str | None] = lambda: None
+        self,
+        live: Callable[[], Snapshot],
+        audit: AuditSink,
+        state_problem: Callable[[], str | None] = lambda: None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._live = live
         self._audit = audit
         self._state_problem = state_problem  # why the revocation view may be stale, or None
+        self._limiter = limiter if limiter is not None else LocalRateLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -197,6 +204,10 @@ class ProxyApp:
             )
             return
         assert route is not None
+        # Every request the route lets through counts, whatever happens to it next. Routes without a rate limit cost
+        # nothing here: no key, no store.
+        if route.rate_limit is not None and await self._over_rate_limit(snap, scope, send, crossing, route, principal):
+            return
         if snap.config.audit.on_failure == "deny":
             # Strict mode (DESIGN.md): refuse rather than serve unaudited, or on a revocation list that may be stale.
             if not self._audit.healthy:
@@ -357,6 +368,48 @@ class ProxyApp:
         finally:
             await response.aclose()
 
+    async def _over_rate_limit(
+        self, snap: Snapshot, scope: Scope, send: Send, crossing: Crossing, route: Route, principal: Principal | None
+    ) -> bool:
+        """Count the request against its budget on `route`; when over it (or, in strict mode, when it cannot be
+        counted in the shared store) answer and return True."""
+        limit = route.rate_limit
+        assert limit is not None
+        address = (
+            client_address(
+                scope["headers"], crossing.event.client_ip, trust_forwarded=snap.config.proxy.trust_forwarded_for
+            )
+            if principal is None
+            else ""
+        )
+        verdict = await self._limiter.check(limit_key(route.name, principal, address), limit)
+        store = "memory" if verdict.degraded else self._limiter.store
+        if verdict.degraded and snap.config.audit.on_failure == "deny":
+            # Strict mode: per-process budgets would let an agent through N replicas times its limit.
+            child(RATE_LIMIT_DECISIONS, route.name, "unavailable", store).inc()
+            await self._deny(
+                send,
+                crossing,
+                503,
+                "rate_limits_unavailable",
+                "the gateway cannot count this request against its rate limit right now",
+                reason="rate_limits_unavailable",
+            )
+            return True
+        child(RATE_LIMIT_DECISIONS, route.name, "allowed" if verdict.allowed else "limited", store).inc()
+        if verdict.allowed:
+            return False
+        await self._deny(
+            send,
+            crossing,
+            429,
+            "rate_limited",
+            limited_description(limit, route.name, principal, verdict),
+            reason="rate_limited",
+            extra_headers=((b"retry-after", retry_after_header(verdict)),),
+        )
+        return True
+
     async def _body_too_large(self, send: Send, crossing: Crossing, limit: int) -> None:
         await self._deny(
             send,
@@ -414,6 +467,7 @@ class ProxyApp:
         snap: Snapshot | None = None,
         started: bool = False,
         decision: str = "deny",
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         crossing.event.decision = decision
         crossing.event.reason = reason
@@ -430,7 +484,7 @@ class ProxyApp:
             challenge=challenge,
             resource_metadata=resource_metadata,
             scope=scope,
-            extra_headers=((b"traceparent", crossing.trace.traceparent()),),
+            extra_headers=((b"traceparent", crossing.trace.traceparent()), *extra_headers),
         )
         await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": body})

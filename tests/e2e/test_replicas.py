@@ -1,0 +1,165 @@
+"""Scaling out: two gateway processes on one redis-server (of this module's own, never the shared one on 6379), as
+two replicas behind a load balancer, agree on revocations, refresh families, rate limits and the audit stream; and
+the `--workers` processes of one gateway share one rate-limit budget through Redis."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import redis
+from support import DEFAULT_ROUTES, Gateway, RedisServer, Upstream, free_port, start_gateway, wait_until
+from token_support import SecretAgent, TestIdP, assert_oauth_error, exchanged, proxy_get, refused_at_proxy, user_token
+
+ASSISTANT = SecretAgent("assistant", "assistant-s3cret")
+LIMITED = {
+    "name": "limited",
+    "methods": ["GET"],
+    "path": "/v1/limited",
+    "scopes": ["crm.read"],
+    "rate_limit": "4/minute",
+}
+STREAM = "tollbooth:audit"
+AGREEMENT = 5.0  # seconds; revocations reach every replica within a second, tested in test_refresh_revoke.py
+
+
+def stream_events(server: RedisServer) -> list[dict[str, str]]:
+    with redis.Redis(port=server.port, decode_responses=True) as client:
+        return [fields for _, fields in client.xrange(STREAM)]
+
+
+@pytest.fixture(scope="module")
+def redis_server_of_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    idp: TestIdP, upstream: Upstream, redis_server_of_module: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two replicas of one deployment: the same config (issuer name, public URL, keys, agents, routes) and Redis;
+    each its own process and listeners, as pods behind one Service."""
+    shared = {
+        "redis": {"url": redis_server_of_module.url},
+        "agents": {ASSISTANT.client_id: ASSISTANT.config(scopes=["crm.read"], may_act_for=["*"], refresh_tokens=True)},
+        "trusted_issuers": [idp.trusted_issuer()],
+    }
+    routes = [*DEFAULT_ROUTES, LIMITED]
+    first = start_gateway(tmp_path_factory.mktemp("replica-a"), upstream.url, routes=routes, extra=shared)
+    try:
+        deployment = {
+            "issuer": {name: value for name, value in first.config["issuer"].items() if name != "listen"},
+            "proxy": {"public_url": first.config["proxy"]["public_url"]},
+        }
+        second = start_gateway(
+            tmp_path_factory.mktemp("replica-b"), upstream.url, routes=routes, extra={**shared, **deployment}
+        )
+    except BaseException:
+        first.stop()
+        raise
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+def test_a_token_revoked_at_one_replica_is_refused_at_the_other(replicas: tuple[Gateway, Gateway]) -> None:
+    first, second = replicas
+    token = ASSISTANT.access_token(first)
+    assert proxy_get(second, "/v1/customers/1", token).status_code == 200
+    assert ASSISTANT.revoke(first, token).status_code == 200
+    wait_until(lambda: refused_at_proxy(second, token), AGREEMENT, "the other replica to refuse the revoked token")
+
+
+def test_a_refresh_token_reused_at_the_other_replica_ends_the_family(
+    replicas: tuple[Gateway, Gateway], idp: TestIdP
+) -> None:
+    first, second = replicas
+    issued = exchanged(ASSISTANT, first, user_token(idp, first, scope="crm.read"))
+    rotated = ASSISTANT.refresh(first, issued["refresh_token"])
+    assert rotated.status_code == 200, rotated.text
+    assert_oauth_error(ASSISTANT.refresh(second, issued["refresh_token"]), "invalid_grant")  # the old one, again
+    # RFC 9700 §4.14.2: the whole family is revoked, its newest refresh token and access token too, everywhere.
+    assert_oauth_error(ASSISTANT.refresh(first, rotated.json()["refresh_token"]), "invalid_grant")
+    for replica in (first, second):
+        wait_until(
+            lambda r=replica: refused_at_proxy(r, rotated.json()["access_token"]), AGREEMENT, "the family's token"
+        )
+
+
+def test_replicas_share_one_rate_limit_budget(replicas: tuple[Gateway, Gateway]) -> None:
+    first, second = replicas
+    token = first.mint("crm.read", agent=f"bot-{secrets.token_hex(4)}")
+    statuses = [proxy_get(replica, "/v1/limited", token).status_code for replica in (first, second, first, second)]
+    assert statuses == [200, 200, 200, 200]
+    over = [proxy_get(replica, "/v1/limited", token) for replica in (first, second)]
+    assert [response.status_code for response in over] == [429, 429]
+    assert all(0 < int(response.headers["retry-after"]) <= 60 for response in over)
+
+
+def test_both_replicas_audit_to_one_stream_each_under_its_own_instance(
+    replicas: tuple[Gateway, Gateway], redis_server_of_module: RedisServer
+) -> None:
+    ids = {}
+    for replica in replicas:
+        ids[replica.proxy_url] = request_id = f"replica-{secrets.token_hex(8)}"
+        httpx2.get(f"{replica.proxy_url}/status", headers={"X-Request-Id": request_id})
+
+    def ours() -> dict[str, dict[str, str]]:
+        found = {
+            e["request_id"]: e for e in stream_events(redis_server_of_module) if e.get("request_id") in ids.values()
+        }
+        return found if len(found) == 2 else {}
+
+    events = wait_until(ours, what="both replicas' events in the one stream")
+    assert len({event["instance"] for event in events.values()}) == 2
+
+
+def test_the_workers_of_one_gateway_share_one_budget_through_redis(
+    upstream: Upstream, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # start_gateway writes the config and the keys; the same config is then served by two workers.
+    gateway = start_gateway(
+        tmp_path,
+        upstream.url,
+        routes=[{**LIMITED, "rate_limit": "4/hour"}],
+        extra={"redis": {"url": redis_server.url}},
+    )
+    gateway.stop()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(gateway.config_path), "--workers", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "TEST_UPSTREAM_KEY": "upstream-secret"},
+        stderr=open(tmp_path / "workers.log", "wb"),  # noqa: SIM115
+    )
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx2.get(f"{gateway.admin_url}/readyz", timeout=1).status_code == 200
+            except httpx2.TransportError:
+                return False
+
+        wait_until(ready, timeout=20, what="two workers ready")
+        bearer = {"Authorization": f"Bearer {gateway.mint('crm.read')}"}
+        statuses: list[int] = []
+
+        def both_workers_answered() -> bool:
+            # A fresh connection each time: the kernel spreads connections over the workers (SO_REUSEPORT).
+            statuses.append(httpx2.get(f"{gateway.proxy_url}/v1/limited", headers=bearer).status_code)
+            instances = {e["instance"] for e in stream_events(redis_server) if e.get("route") == "limited"}
+            return len(instances) == 2 and len(statuses) >= 6
+
+        wait_until(both_workers_answered, what="requests answered by both workers")
+        assert statuses.count(200) == 4 and set(statuses) == {200, 429}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
