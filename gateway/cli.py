@@ -64,8 +64,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_workers(argv, args.workers)
     import uvloop
 
+    from gateway.issuer.keys import KeyStoreError
+
     reuse_port = os.environ.get("TOLLBOOTH_REUSE_PORT") == "1"
-    uvloop.run(run_gateway(loaded, args.only or LISTENERS, reuse_port=reuse_port))
+    try:
+        uvloop.run(run_gateway(loaded, args.only or LISTENERS, reuse_port=reuse_port))
+    except KeyStoreError as exc:  # the message names the file and what to do; a traceback would bury it
+        _fail(str(exc))
     return 0
 
 
@@ -202,9 +207,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_keys_agent(args: argparse.Namespace) -> int:
     from gateway.client import TollboothError, generate_agent_key
+    from gateway.client.keys import default_key_file
 
-    key_file = Path(args.out or f"{args.name}.pem")
     try:
+        key_file = Path(args.out) if args.out else default_key_file(args.name)
         print(generate_agent_key(args.name, key_file, args.algorithm, overwrite=args.force), end="")
     except TollboothError as exc:
         _fail(str(exc))
@@ -341,7 +347,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     as_json = args.json or not sys.stdout.isatty()
     try:
         tail(open_source(config), flt, sys.stdout, limit=limit, follow=args.follow, as_json=as_json)
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:  # the latter: no Cluster node answers
         _fail(f"cannot read the audit stream {config.audit.stream!r} (redis.url): {exc}")
     return 0
 
@@ -572,7 +578,9 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
     )
     _add_config(revoke)
     which = revoke.add_mutually_exclusive_group(required=True)
-    which.add_argument("--jti", help="the token id (jti claim) of one access token")
+    which.add_argument(
+        "--jti", help="the token id (jti claim) of one access token; write --jti=ID when the id begins with -"
+    )
     which.add_argument("--agent", help="an agent's client_id: every token issued to it so far")
     which.add_argument("--subject", help="a subject (user or org): every token issued for it so far")
     revoke.set_defaults(func=cmd_revoke)

@@ -62,7 +62,8 @@ class Seen:
 @dataclass
 class Upstream:
     """A recording upstream. Paths: /sse (two events, the second after `release` is set), /slow (waits for
-    `release`), /big (1 MiB), /status/<code>; anything else echoes a small JSON body."""
+    `release`), /big (1 MiB), /status/<code> (401 and 403 with the upstream's own Bearer challenge, as an API that
+    checks its own credential answers); anything else echoes a small JSON body."""
 
     url: str
     port: int
@@ -117,11 +118,16 @@ def _upstream_app(up: Upstream) -> Callable[..., Any]:
         else:
             payload = json.dumps({"ok": True, "path": path}).encode()
         status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
+        challenges = {
+            401: [(b"www-authenticate", b'Bearer error="invalid_token"')],
+            403: [(b"www-authenticate", b'Bearer error="insufficient_scope", scope="upstream:admin"')],
+        }
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
+                    *challenges.get(status, []),
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
                     (b"connection", b"keep-alive, x-upstream-private"),

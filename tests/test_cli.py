@@ -877,3 +877,14 @@ def test_serve_on_an_invalid_config_exits_1_without_starting(project: Project) -
     result = tollbooth(project.dir, "serve", "--config", "tollbooth.yaml", "--log-format", "json")
     assert result.code == 1
     assert f"error: {project.routes}: routes[0] (r): methods: TRACE is never proxied" in result.err
+
+
+def test_serve_with_a_bad_key_file_says_which_and_why_without_a_traceback(project: Project) -> None:
+    project.keys.mkdir(mode=0o700)
+    bad = project.keys / "20250131T120000.123456Z-ES256.pem"
+    bad.write_text("not a key")
+    bad.chmod(0o600)
+    result = tollbooth(project.dir, "serve", "--config", str(project.config))
+    assert result.code == 1
+    assert result.err.strip().splitlines()[-1].startswith(f"error: {bad}: not an unencrypted PEM private key")
+    assert "Traceback" not in result.err

@@ -9,7 +9,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator, Iterable
+import weakref
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,9 +19,9 @@ from typing import Any
 import httpx2
 
 from gateway.client.credentials import ClientSecret, Credential, PrivateKeyJwt
-from gateway.client.discovery import Endpoints, bearer_challenge, discover
-from gateway.client.errors import InsufficientScope, TokenRequestError, TollboothError
-from gateway.client.exchange import Exchange, run_async, run_sync
+from gateway.client.discovery import Endpoints, bearer_challenge, discover, resource_covers, same_origin
+from gateway.client.errors import DiscoveryError, InsufficientScope, TokenRequestError, TollboothError
+from gateway.client.exchange import Exchange, T, run_async, run_sync
 from gateway.client.grants import (
     ACCESS_TOKEN_TYPE,
     ClientCredentials,
@@ -59,23 +61,28 @@ class _Session:
         self.timeout = timeout
         self.endpoints: Endpoints | None = None
         self._sync: httpx2.Client | None = None
-        self._async: httpx2.AsyncClient | None = None
+        # An httpx2.AsyncClient belongs to the event loop it first ran on: one per loop, dropped with the loop.
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def with_endpoints(self, step: Any) -> Exchange[Any]:
+    def with_endpoints(self, step: Callable[[Endpoints], Exchange[T]]) -> Exchange[T]:
         """Run `step(endpoints)`, discovering the endpoints first on first use."""
         if self.endpoints is None:
             self.endpoints = yield from discover(self.proxy_url, self.issuer_url)
         return (yield from step(self.endpoints))
 
-    def run(self, exchange: Exchange[Any]) -> Any:
+    def run(self, exchange: Exchange[T]) -> T:
         if self._sync is None:
             self._sync = httpx2.Client(timeout=self.timeout)
         return run_sync(exchange, self._sync)
 
-    async def arun(self, exchange: Exchange[Any]) -> Any:
-        if self._async is None:
-            self._async = httpx2.AsyncClient(timeout=self.timeout)
-        return await run_async(exchange, self._async)
+    async def arun(self, exchange: Exchange[T]) -> T:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            client = self._async[loop] = httpx2.AsyncClient(timeout=self.timeout)
+        return await run_async(exchange, client)
 
     def close(self) -> None:
         if self._sync is not None:
@@ -84,9 +91,9 @@ class _Session:
 
     async def aclose(self) -> None:
         self.close()
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
 
 class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
@@ -127,8 +134,10 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
         self._grant = grant
         self._owns_session = owns_session
         self._token: Token | None = None
+        # One fetch in flight for every caller: threads, tasks of any event loop, early refreshes. The lock guards
+        # only these two fields and is never held across I/O.
         self._lock = threading.Lock()
-        self._inflight: asyncio.Future[Token] | None = None
+        self._inflight: Future[Token] | None = None
         self._next_refresh_attempt = 0.0
 
     def on_behalf_of(
@@ -179,79 +188,104 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
         jitter = random.random()  # noqa: S311 - spreads refreshes over time; not a secret
         return token_from(body, scopes, time.time(), jitter, endpoints.server.token_endpoint)
 
-    def _fresh(self, token: Token | None, stale: str | None, now: float) -> Token | None:
-        """`token` when it can be sent now and is not the one the proxy just refused."""
-        if token is not None and token.access_token != stale and token.usable(now):
-            return token
-        return None
+    def _claim(self, stale: str | None) -> tuple[Token | None, Future[Token] | None, bool]:
+        """(a token to use now, or None and the fetch to wait for, and whether this caller must run it). A due
+        token starts a background refresh and is used meanwhile, so no request waits for an early refresh."""
+        now = time.time()
+        with self._lock:
+            token = self._token
+            if token is not None and token.access_token != stale and token.usable(now):
+                if token.due(now) and self._inflight is None and now >= self._next_refresh_attempt:
+                    self._inflight = Future()
+                    threading.Thread(target=self._refresh_early, args=(token, self._inflight), daemon=True).start()
+                return token, None, False
+            if self._inflight is None:
+                self._inflight = Future()
+                return None, self._inflight, True
+            return None, self._inflight, False
+
+    def _settle(self, inflight: Future[Token], token: Token | None, error: BaseException | None) -> None:
+        with self._lock:
+            if token is not None:
+                self._token = token
+            if self._inflight is inflight:
+                self._inflight = None
+        if token is not None:
+            inflight.set_result(token)
+        elif isinstance(error, Exception):
+            inflight.set_exception(error)
+        else:
+            inflight.cancel()  # the fetching task was cancelled (or the process is stopping): waiters fetch anew
+
+    def _refresh_early(self, current: Token, inflight: Future[Token]) -> None:
+        try:
+            token = self._session.run(self._fetch(current))
+        except TollboothError as exc:
+            self._next_refresh_attempt = time.time() + REFRESH_RETRY_SECONDS
+            log.warning("early token refresh failed, keeping the current token: %s", exc)
+            self._settle(inflight, None, exc)
+            return
+        except BaseException as exc:
+            self._settle(inflight, None, exc)
+            raise
+        self._settle(inflight, token, None)
 
     def _sync_token(self, stale: str | None = None) -> Token:
-        now = time.time()
-        token = self._fresh(self._token, stale, now)
-        if token is not None:
-            if token.due(now) and now >= self._next_refresh_attempt and self._lock.acquire(blocking=False):
-                try:  # this caller refreshes early; the others keep sending the current token meanwhile
-                    if self._token is token:
-                        self._token = self._session.run(self._fetch(token))
-                except TollboothError as exc:
-                    self._early_refresh_failed(exc, now)
-                finally:
-                    self._lock.release()
-            return self._token or token
-        with self._lock:
-            token = self._fresh(self._token, stale, time.time())
-            if token is None:
-                token = self._token = self._session.run(self._fetch(self._token))
-            return token
-
-    async def _async_token(self, stale: str | None = None) -> Token:
-        now = time.time()
-        token = self._fresh(self._token, stale, now)
-        if token is not None:
-            if token.due(now) and now >= self._next_refresh_attempt and self._inflight is None:
-                try:
-                    await self._async_fetch(token)
-                except TollboothError as exc:
-                    self._early_refresh_failed(exc, now)
-            return self._token or token
         while True:
-            token = self._fresh(self._token, stale, time.time())
+            token, inflight, owner = self._claim(stale)
             if token is not None:
                 return token
-            inflight = self._inflight
-            if inflight is None:
-                return await self._async_fetch(self._token)
-            # Wait without sharing the fetcher's fate: cancelling this caller must not cancel the fetch.
-            await asyncio.wait([inflight])
-            if not inflight.cancelled():
-                return inflight.result()  # raises the fetch's error, for every waiter alike
+            assert inflight is not None
+            if owner:
+                try:
+                    token = self._session.run(self._fetch(self._token))
+                except BaseException as exc:
+                    self._settle(inflight, None, exc)
+                    raise
+                self._settle(inflight, token, None)
+                return token
+            try:
+                return inflight.result()
+            except CancelledError:
+                continue  # its fetcher was cancelled: claim again
 
-    async def _async_fetch(self, current: Token | None) -> Token:
-        inflight: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
-        self._inflight = inflight
-        try:
-            token = await self._session.arun(self._fetch(current))
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                inflight.cancel()  # waiters start a fetch of their own
-            else:
-                inflight.set_exception(exc)
-                inflight.exception()  # retrieved here, so an unwaited failure is not reported twice
-            raise
-        finally:
-            self._inflight = None
-        self._token = token
-        inflight.set_result(token)
-        return token
-
-    def _early_refresh_failed(self, exc: TollboothError, now: float) -> None:
-        self._next_refresh_attempt = now + REFRESH_RETRY_SECONDS
-        log.warning("early token refresh failed, keeping the current token: %s", exc)
+    async def _async_token(self, stale: str | None = None) -> Token:
+        while True:
+            token, inflight, owner = self._claim(stale)
+            if token is not None:
+                return token
+            assert inflight is not None
+            if owner:
+                try:
+                    token = await self._session.arun(self._fetch(self._token))
+                except BaseException as exc:
+                    self._settle(inflight, None, exc)
+                    raise
+                self._settle(inflight, token, None)
+                return token
+            # Shielded: cancelling this caller must not cancel the fetch others wait for. The fetch may run in a
+            # thread or another event loop; wrap_future crosses over safely.
+            try:
+                return await asyncio.shield(asyncio.wrap_future(inflight))
+            except asyncio.CancelledError:
+                if inflight.cancelled() and not _being_cancelled():
+                    continue
+                raise
 
     # -- the auth flow -------------------------------------------------------------------------------------
 
+    def _covers(self, request: Any, token: Token) -> bool:
+        """Whether `request` goes to the resource the token is for. A token sent anywhere else could be replayed
+        there against the proxy (RFC 9700 §2.3, RFC 8707): requests to other hosts go out without it."""
+        endpoints = self._session.endpoints
+        resource = endpoints.resource if endpoints is not None and endpoints.resource else token.audience
+        return resource is not None and resource_covers(resource, str(request.url))
+
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         token = self._sync_token()
+        if not self._covers(request, token):
+            yield request
+            return
         response = yield _present(request, token)
         if _should_retry(request, response):
             token = self._sync_token(stale=token.access_token)
@@ -260,6 +294,9 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
 
     async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
         token = await self._async_token()
+        if not self._covers(request, token):
+            yield request
+            return
         response = yield _present(request, token)
         if _should_retry(request, response):
             token = await self._async_token(stale=token.access_token)
@@ -268,17 +305,23 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
 
     # -- revocation and lifetime ---------------------------------------------------------------------------
 
+    def _revocation(self) -> Exchange[None] | None:
+        with self._lock:
+            token, self._token = self._token, None
+        if token is None:
+            return None
+        return self._session.with_endpoints(lambda endpoints: revocation(endpoints, self._session.credential, token))
+
     def revoke(self) -> None:
         """Revoke the current token (and its refresh token) at the token service (RFC 7009)."""
-        token, self._token = self._token, None
-        if token is not None:
-            self._session.run(self._session.with_endpoints(lambda e: revocation(e, self._session.credential, token)))
+        exchange = self._revocation()
+        if exchange is not None:
+            self._session.run(exchange)
 
     async def arevoke(self) -> None:
         """Revoke the current token (and its refresh token) at the token service (RFC 7009)."""
-        token, self._token = self._token, None
-        if token is not None:
-            exchange = self._session.with_endpoints(lambda e: revocation(e, self._session.credential, token))
+        exchange = self._revocation()
+        if exchange is not None:
             await self._session.arun(exchange)
 
     def close(self) -> None:
@@ -296,6 +339,10 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
             self.revoke()
+        except TollboothError as failure:
+            if exc is None:
+                raise
+            log.warning("could not revoke the token on exit: %s", failure)  # the block's own error matters more
         finally:
             self.close()
 
@@ -307,8 +354,17 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
     ) -> None:
         try:
             await self.arevoke()
+        except TollboothError as failure:
+            if exc is None:
+                raise
+            log.warning("could not revoke the token on exit: %s", failure)
         finally:
             await self.aclose()
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _present(request: Any, token: Token) -> Any:
@@ -316,10 +372,23 @@ def _present(request: Any, token: Token) -> Any:
     return request
 
 
+def _proxy_challenge(request: Any, response: Any) -> dict[str, str]:
+    """The proxy's Bearer challenge in `response`, or {}. The proxy names its RFC 9728 metadata on its own origin in
+    every challenge; a challenge without it is the upstream's, passed through, and not about the agent's token."""
+    challenge = bearer_challenge(response.headers) or {}
+    metadata = challenge.get("resource_metadata", "")
+    try:
+        if same_origin(metadata, str(request.url)):
+            return challenge
+    except DiscoveryError:
+        pass
+    return {}
+
+
 def _should_retry(request: Any, response: Any) -> bool:
     """RFC 6750 §3.1 `invalid_token`: the token expired early or was revoked; one retry with a new token, when
     the body can be sent again (a streamed upload cannot)."""
-    if response.status_code != 401 or (bearer_challenge(response.headers) or {}).get("error") != "invalid_token":
+    if response.status_code != 401 or _proxy_challenge(request, response).get("error") != "invalid_token":
         return False
     try:
         request.content  # noqa: B018 - raises when the body is a stream that was not read into memory
@@ -331,7 +400,7 @@ def _should_retry(request: Any, response: Any) -> bool:
 def _check_scope(request: Any, response: Any, token: Token) -> None:
     if response.status_code != 403:
         return
-    challenge = bearer_challenge(response.headers) or {}
+    challenge = _proxy_challenge(request, response)
     if challenge.get("error") == "insufficient_scope":
         required = tuple(challenge.get("scope", "").split())
         raise InsufficientScope(required, token.scopes, request.method, str(request.url.copy_with(query=None)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -35,7 +35,7 @@ class Credential(Protocol):
 @dataclass(frozen=True)
 class ClientSecret:
     client_id: str
-    secret: str
+    secret: str = field(repr=False)
     method: str = "client_secret_basic"
 
     def authenticate(self, issuer: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -79,7 +79,7 @@ def load_private_key(key: str | bytes | Path | Any) -> Any:
 @dataclass(frozen=True)
 class PrivateKeyJwt:
     client_id: str
-    key: Any
+    key: Any = field(repr=False)
     algorithm: str
     kid: str
     method: str = "private_key_jwt"

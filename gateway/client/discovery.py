@@ -3,6 +3,7 @@ token service's RFC 8414 metadata. Parsing and checks are pure; the fetching is 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,7 +16,7 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # noqa: S105 - the RFC 9110 §5.6.2 `t
 _PARAM = re.compile(rf'\s*({_TOKEN})\s*=\s*({_TOKEN}|"(?:[^"\\]|\\.)*")\s*')
 _SCHEME = re.compile(rf"\s*({_TOKEN})")
 _TOKEN68 = re.compile(r"\s+([A-Za-z0-9\-._~+/]+=*)\s*(?=,|$)")
-_SEPARATOR = re.compile(r"\s*,")
+_SEPARATOR = re.compile(r"(?:\s*,)+")  # RFC 9110 §5.6.1: empty list elements are allowed and ignored
 
 PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
 AUTHORIZATION_SERVER_PATH = "/.well-known/oauth-authorization-server"
@@ -89,6 +90,33 @@ def normalize_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
+def secure_url(url: str) -> str:
+    """`url`, when discovery may use it: https, or plain http to a loopback address only. Over a network, whoever
+    sits in the middle of plain http would rewrite the metadata and collect the credentials (RFC 9728 §7.1)."""
+    parts = urlsplit(normalize_url(url))
+    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        raise DiscoveryError(f"{url} is plain http to a host that is not loopback: use https")
+    return url
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(normalize_url(url))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def same_origin(first: str, second: str) -> bool:
+    return origin(first) == origin(second)
+
+
 def well_known(url: str, suffix: str) -> str:
     """RFC 8414 §3.1 / RFC 9728 §3.1: the well-known suffix goes between the host and the URL's path."""
     parts = urlsplit(normalize_url(url))
@@ -99,7 +127,10 @@ def resource_covers(resource: str, url: str) -> bool:
     """Whether `url` is the protected resource `resource` or lies under it (same origin, whole path segments):
     RFC 9728 §3.3 and §7.3 — metadata for another resource must not be used, or a proxy could
     impersonate one it does not serve."""
-    resource, url = normalize_url(resource), normalize_url(url)
+    try:
+        resource, url = normalize_url(resource), normalize_url(url)
+    except DiscoveryError:
+        return False
     return url == resource or url.startswith(resource + "/")
 
 
@@ -112,9 +143,13 @@ def _document(reply: Reply, what: str) -> dict[str, object]:
 def protected_resource(url: str) -> Exchange[dict[str, object]]:
     """The RFC 9728 metadata of the resource at `url`: from the `resource_metadata` named in the 401 challenge
     to an unauthenticated request (§5.1), else at the well-known location (§3.1)."""
-    probe = yield Call("GET", url, JSON)
+    probe = yield Call("GET", secure_url(url), JSON)
     challenge = bearer_challenge(probe.headers) if probe.status == 401 else None
     location = (challenge or {}).get("resource_metadata") or well_known(url, PROTECTED_RESOURCE_PATH)
+    if not same_origin(location, url):
+        # The resource describes itself (RFC 9728 §3); a pointer elsewhere would let an intermediary or a stray
+        # redirect choose the token service the agent's credentials go to (§7.3, §7.6).
+        raise DiscoveryError(f"{url} named its metadata at {location}, on another origin; refusing it")
     metadata = _document((yield Call("GET", location, JSON)), "protected resource metadata")
     resource = metadata.get("resource")
     if not isinstance(resource, str) or not resource_covers(resource, url):
@@ -129,12 +164,11 @@ class ServerMetadata:
     issuer: str
     token_endpoint: str
     revocation_endpoint: str | None
-    auth_methods: tuple[str, ...]
 
 
 def authorization_server(issuer: str) -> Exchange[ServerMetadata]:
     """RFC 8414 §3: fetch the issuer's metadata from the path-inserted location and check it is the issuer's."""
-    location = well_known(issuer, AUTHORIZATION_SERVER_PATH)
+    location = well_known(secure_url(issuer), AUTHORIZATION_SERVER_PATH)
     metadata = _document((yield Call("GET", location, JSON)), "authorization server metadata")
     # §3.3: the issuer in the document MUST be identical to the one the URL was built from.
     if not isinstance(metadata.get("issuer"), str) or normalize_url(str(metadata["issuer"])) != normalize_url(issuer):
@@ -142,13 +176,14 @@ def authorization_server(issuer: str) -> Exchange[ServerMetadata]:
     token_endpoint = metadata.get("token_endpoint")
     if not isinstance(token_endpoint, str):
         raise DiscoveryError(f"the metadata at {location} has no token_endpoint")
+    secure_url(token_endpoint)  # credentials are sent there
     revocation = metadata.get("revocation_endpoint")
-    methods = metadata.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]  # §2 default
+    if isinstance(revocation, str):
+        secure_url(revocation)
     return ServerMetadata(
         issuer=str(metadata["issuer"]),
         token_endpoint=token_endpoint,
         revocation_endpoint=revocation if isinstance(revocation, str) else None,
-        auth_methods=tuple(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else (),
     )
 
 
@@ -169,6 +204,13 @@ def discover(proxy_url: str | None, issuer_url: str | None) -> Exchange[Endpoint
             if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
                 raise DiscoveryError(f"the protected resource metadata of {proxy_url} names no authorization server")
             issuer_url = servers[0]
+            # The agent's credentials go to this token service: without a pin, only on the proxy's own host, so
+            # that whoever answers at the proxy URL cannot send them elsewhere (an OAuth mix-up, RFC 9700 §4.4).
+            if urlsplit(normalize_url(issuer_url)).hostname != urlsplit(normalize_url(proxy_url)).hostname:
+                raise DiscoveryError(
+                    f"{proxy_url} names the token service {issuer_url}, on another host; if you trust it, "
+                    f"pass issuer_url={issuer_url!r}"
+                )
     if issuer_url is None:
         raise DiscoveryError("give proxy_url (discovery) or issuer_url")
     server = yield from authorization_server(issuer_url)

@@ -24,16 +24,17 @@ MAX_DOCUMENT_BYTES = 256 * 1024
 class Call:
     method: str
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    form: Mapping[str, str] | None = None
+    # Credentials and tokens travel in these: kept out of reprs, logs and tracebacks' locals.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    form: Mapping[str, str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Reply:
     url: str
     status: int
-    headers: httpx2.Headers
-    body: bytes
+    headers: httpx2.Headers = field(repr=False)
+    body: bytes = field(repr=False)
 
     def json_object(self) -> dict[str, Any]:
         """The body as a JSON object, or ProtocolError naming the URL."""

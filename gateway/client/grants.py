@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import jwt
 
 from gateway.client.credentials import Credential
 from gateway.client.discovery import JSON, Endpoints
@@ -27,6 +30,7 @@ class Token:
     expires_at: float
     refresh_at: float  # from here on, one caller fetches a new token while the others keep using this one
     stop_at: float  # from here on the token is too close to expiry to send
+    audience: str | None = None  # where the token may be sent, when discovery did not say (issuer_url only)
 
     def usable(self, now: float) -> bool:
         return now < self.stop_at
@@ -38,8 +42,8 @@ class Token:
 def schedule(now: float, expires_in: float, jitter: float) -> tuple[float, float, float]:
     """(expires_at, refresh_at, stop_at) for a token valid `expires_in` seconds; `jitter` in [0, 1)."""
     # `exp` is whole seconds (RFC 7519 §2 NumericDate), so the server's clock may have started up to a second
-    # before ours did: count a second less.
-    lifetime = max(expires_in - 1.0, 1.0)
+    # before ours did: count up to a second less, and never more than the server said.
+    lifetime = expires_in - min(1.0, expires_in / 2)
     ahead = min(max(lifetime * REFRESH_SHARE, min(MIN_REFRESH_AHEAD, lifetime / 2)), MAX_REFRESH_AHEAD)
     refresh_ahead = ahead * (1 - jitter / 2)
     # Never send a token that would expire in flight: stop using it half the smallest refresh margin early.
@@ -53,8 +57,8 @@ def token_from(body: dict[str, Any], requested: tuple[str, ...], now: float, jit
         raise ProtocolError(f"{url} answered 200 without an access_token")
     if str(body.get("token_type", "")).lower() != "bearer":
         raise ProtocolError(f"{url} issued a {body.get('token_type')!r} token; this SDK presents Bearer tokens")
-    expires_in = body.get("expires_in")
-    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or expires_in <= 0:
+    expires_in = _seconds(body.get("expires_in"))
+    if expires_in is None:
         raise ProtocolError(f"{url} gave no usable expires_in; the SDK needs it to refresh in time")
     # §5.1: scope may be omitted when it is what was asked for.
     scope = body.get("scope")
@@ -68,7 +72,29 @@ def token_from(body: dict[str, Any], requested: tuple[str, ...], now: float, jit
         expires_at=expires_at,
         refresh_at=refresh_at,
         stop_at=stop_at,
+        audience=_audience(access_token),
     )
+
+
+def _seconds(value: Any) -> float | None:
+    """RFC 6749 §5.1 `expires_in`: a positive, finite number of seconds (a numeric string is tolerated)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+def _audience(access_token: str) -> str | None:
+    """The `aud` of a JWT access token (RFC 9068 §2.2), unverified: it only narrows where the SDK sends the token."""
+    try:
+        claims = jwt.decode(access_token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    audience = claims.get("aud")
+    if isinstance(audience, list) and len(audience) == 1:
+        audience = audience[0]
+    return audience if isinstance(audience, str) else None
 
 
 @dataclass(frozen=True)
@@ -85,7 +111,7 @@ class ClientCredentials:
 class TokenExchange:
     """RFC 8693 §2.1: a token for the agent acting on behalf of the subject token's holder."""
 
-    subject_token: str
+    subject_token: str = field(repr=False)
     subject_token_type: str
     scopes: tuple[str, ...]
 

@@ -4,6 +4,8 @@ gateway config under the agent's `jwks`."""
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from gateway.client.errors import TollboothError
 from gateway.issuer.keys import new_private_key, public_members, thumbprint
 
 AGENT_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 
 
 def agent_jwk(private_key: Any, algorithm: str) -> dict[str, str]:
@@ -23,19 +26,36 @@ def agent_jwk(private_key: Any, algorithm: str) -> dict[str, str]:
 
 
 def write_private_key(path: Path, private_key: Any, *, overwrite: bool = False) -> None:
-    """Write the PEM readable by its owner only; never replace an existing key unless asked (it may be in use)."""
+    """Write the PEM readable by its owner only; never replace an existing key unless asked (it may be in use).
+
+    The key is written to a new 0600 file beside `path` and renamed over it: an existing file's looser mode is not
+    inherited, and a symlink at `path` is replaced, not followed into wherever it points."""
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise TollboothError(f"{path} exists; pass --force to replace it (agents using it will stop working)")
     try:
-        fd = os.open(path, flags, 0o600)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)  # fails if the path appeared meanwhile, rather than replacing it
+            os.unlink(temporary)
     except FileExistsError:
-        raise TollboothError(f"{path} exists; pass --force to replace it (agents using it will stop working)") from None
+        os.unlink(temporary)
+        raise TollboothError(f"{path} exists; pass --force to replace it") from None
     except OSError as exc:
         raise TollboothError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
+
+
+def default_key_file(name: str) -> Path:
+    """`NAME.pem` in the current directory, for a name that cannot point anywhere else."""
+    if not _PLAIN_NAME.fullmatch(name):
+        raise TollboothError(f"{name!r} makes no safe file name: give --out FILE")
+    return Path(f"{name}.pem")
 
 
 def generate_agent_key(name: str, key_file: Path, algorithm: str = "ES256", *, overwrite: bool = False) -> str:

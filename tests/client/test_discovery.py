@@ -8,7 +8,14 @@ import time
 import httpx2
 import pytest
 
-from gateway.client.discovery import Challenge, bearer_challenge, parse_challenges, resource_covers, well_known
+from gateway.client.discovery import (
+    Challenge,
+    bearer_challenge,
+    parse_challenges,
+    resource_covers,
+    secure_url,
+    well_known,
+)
 from gateway.client.errors import DiscoveryError
 
 
@@ -43,6 +50,8 @@ from gateway.client.errors import DiscoveryError
             [Challenge("basic", {"realm": "r"}), Challenge("bearer", {"scope": "s"})],
         ),
         ("Negotiate YIIabc==, Bearer", [Challenge("negotiate", {}), Challenge("bearer", {})]),
+        # Empty list elements are ignored (RFC 9110 §5.6.1).
+        ('Bearer a="1", , b="2",', [Challenge("bearer", {"a": "1", "b": "2"})]),
         # Unquoted token values and bad whitespace around `=` (BWS).
         ("Bearer error = invalid_token", [Challenge("bearer", {"error": "invalid_token"})]),
         # A repeated parameter keeps the first value (§11.2 makes repetition an error).
@@ -114,6 +123,7 @@ def test_well_known_suffix_goes_between_host_and_path(url: str, suffix: str, exp
         ("http://127.0.0.1:8080", "http://127.0.0.1:8081", False),
         ("http://127.0.0.1:8080", "https://127.0.0.1:8080", False),
         ("http://evil.example", "http://127.0.0.1:8080", False),
+        ("http://127.0.0.1:8080", "ftp://127.0.0.1:8080/x", False),
     ],
 )
 def test_resource_covers_only_its_own_origin_and_paths(resource: str, url: str, covered: bool):
@@ -124,3 +134,22 @@ def test_resource_covers_only_its_own_origin_and_paths(resource: str, url: str, 
 def test_non_http_urls_are_refused(url: str):
     with pytest.raises(DiscoveryError):
         well_known(url, "/.well-known/oauth-protected-resource")
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://api.example", True),
+        ("http://127.0.0.1:8080", True),
+        ("http://[::1]:8080", True),
+        ("http://localhost:8080", True),
+        ("http://api.example", False),  # plain http over a network: anyone in the middle rewrites the metadata
+        ("http://10.0.0.5:8080", False),
+    ],
+)
+def test_discovery_uses_plain_http_only_on_loopback(url: str, allowed: bool):
+    if allowed:
+        assert secure_url(url) == url
+    else:
+        with pytest.raises(DiscoveryError, match="use https"):
+            secure_url(url)

@@ -22,7 +22,7 @@ from gateway.client.grants import (
 URL = "http://127.0.0.1:8081/oauth/token"
 
 
-@given(expires_in=st.floats(min_value=1, max_value=86400), jitter=st.floats(min_value=0, max_value=0.999))
+@given(expires_in=st.floats(min_value=0.01, max_value=86400), jitter=st.floats(min_value=0, max_value=0.999))
 def test_refresh_comes_before_the_token_stops_being_sent_which_comes_before_expiry(expires_in: float, jitter: float):
     expires_at, refresh_at, stop_at = schedule(1000.0, expires_in, jitter)
     assert 1000.0 <= refresh_at <= stop_at < expires_at <= 1000.0 + expires_in
@@ -63,14 +63,26 @@ def test_omitted_scope_means_what_was_asked_for():
         ({"access_token": None}, "without an access_token"),
         ({"token_type": "DPoP"}, "'DPoP' token"),
         ({"expires_in": None}, "no usable expires_in"),
-        ({"expires_in": "300"}, "no usable expires_in"),
+        ({"expires_in": "soon"}, "no usable expires_in"),
         ({"expires_in": True}, "no usable expires_in"),
         ({"expires_in": 0}, "no usable expires_in"),
+        ({"expires_in": float("nan")}, "no usable expires_in"),
+        ({"expires_in": float("inf")}, "no usable expires_in"),
     ],
 )
 def test_malformed_token_responses_are_protocol_errors(fields: dict[str, Any], message: str):
     with pytest.raises(ProtocolError, match=message):
         token_from({k: v for k, v in body(**fields).items() if v is not None}, (), 0.0, 0.0, URL)
+
+
+def test_numeric_string_expires_in_is_tolerated():
+    assert token_from(body(expires_in="300"), (), 0.0, 0.0, URL).expires_at == 299.0
+
+
+@pytest.mark.parametrize("expires_in", [0.5, 1, 2])
+def test_a_token_is_never_thought_to_live_longer_than_the_server_said(expires_in: float):
+    expires_at, _, stop_at = schedule(0.0, expires_in, 0.0)
+    assert stop_at < expires_at <= expires_in
 
 
 def test_token_type_is_case_insensitive():

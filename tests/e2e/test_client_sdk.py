@@ -19,7 +19,7 @@ import httpx2
 import jwt
 import pytest
 import yaml
-from support import Gateway, Upstream, start_gateway, wait_until
+from support import Gateway, Upstream, start_gateway, start_upstream, wait_until
 from token_support import SecretAgent, TestIdP, claims_of, refused_at_proxy, user_token
 
 from gateway.client import InsufficientScope, TokenRequestError, TollboothAuth
@@ -253,7 +253,7 @@ def test_delegated_auth_exchanges_again_when_the_refresh_family_is_revoked(gw: G
     assert httpx2.get(gw.proxy_url + ROUTE, auth=delegated).status_code == 200
     token = delegated.get_token()
     subprocess.run(
-        [sys.executable, "-m", "gateway", "revoke", "--config", str(gw.config_path), "--jti", claims_of(token)["jti"]],
+        [sys.executable, "-m", "gateway", "revoke", "--config", str(gw.config_path), f"--jti={claims_of(token)['jti']}"],
         check=True,
         capture_output=True,
         cwd=gw.dir,
@@ -306,3 +306,37 @@ def test_httpx_028_clients_accept_the_auth(gw: Gateway):
 
     assert asyncio.run(main()) == 200
     assert jwt.get_unverified_header(auth.get_token())["typ"] == "at+jwt"
+
+
+# --- where the token goes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("discovered", [True, False], ids=["proxy-url", "issuer-url-only"])
+def test_token_is_never_sent_to_another_host(gw: Gateway, discovered: bool):
+    other, stop = start_upstream()
+    try:
+        location = {"proxy_url": gw.proxy_url} if discovered else {"issuer_url": gw.issuer_url}
+        auth = TollboothAuth(SECRET.client_id, secret=SECRET.secret, scopes=["crm.read"], **location)
+        with httpx2.Client(auth=auth) as http:
+            assert http.get(gw.proxy_url + ROUTE).status_code == 200
+            assert http.get(other.url + "/elsewhere").status_code == 200
+        assert other.last().header("authorization") is None
+    finally:
+        stop()
+
+
+def test_the_upstreams_own_401_is_not_taken_for_a_revoked_token(gw: Gateway, upstream: Upstream):
+    auth = secret_auth(gw, COUNTED_SYNC)
+    with httpx2.Client(auth=auth) as http:
+        token = auth.get_token()
+        before = len(upstream.seen)
+        response = http.post(gw.proxy_url + "/status/401", content=b"once")
+    assert response.status_code == 401 and response.history == []
+    assert len(upstream.seen) == before + 1, "the request was sent twice"
+    assert auth.get_token() == token
+
+
+def test_the_upstreams_own_403_is_returned_not_raised(gw: Gateway):
+    response = httpx2.get(gw.proxy_url + "/status/403", auth=secret_auth(gw, scopes=["crm.read"]))
+    assert response.status_code == 403
+    assert 'scope="upstream:admin"' in response.headers["www-authenticate"]
