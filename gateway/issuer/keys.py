@@ -151,9 +151,11 @@ def _parse_file_name(name: str) -> tuple[float, str] | None:
 
 
 def _ensure_dir(keys_dir: Path) -> None:
-    if not keys_dir.exists():
+    try:
         keys_dir.mkdir(parents=True, mode=0o700)
-        keys_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        return  # another worker starting at the same moment made it first
+    keys_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 @contextmanager

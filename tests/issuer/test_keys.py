@@ -511,3 +511,25 @@ def test_running_gateway_still_publishes_the_previous_key_after_rotate(upstream:
         assert response.status_code == 200, "a token signed by the previous key still verifies"
     finally:
         gw.stop()
+
+
+def test_workers_starting_together_on_no_keys_directory_share_one_new_key(tmp_path: Path) -> None:
+    # `serve --workers N` on a fresh machine: every worker finds no directory and makes it at the same moment.
+    keys_dir = tmp_path / "fresh" / "keys"
+    start = threading.Barrier(8)
+    loaded: list[str] = []
+    failures: list[BaseException] = []
+
+    def load() -> None:
+        start.wait()
+        try:
+            loaded.append(KeyStore.load(keys_dir, "ES256").active.kid)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and len(loaded) == 8 and len(set(loaded)) == 1
