@@ -36,6 +36,17 @@ def fingerprint(paths: tuple[Path, ...]) -> str:
     return digest.hexdigest()
 
 
+def watched_paths(loaded: LoadedConfig) -> tuple[Path, ...]:
+    """The files to poll: where the config was read from, plus the routes file by the name the config gives it.
+
+    `load_config` resolves symlinks, and in a ConfigMap volume `routes.yaml -> ..data/routes.yaml` resolves into a
+    timestamped directory that the kubelet deletes at the next update. After a rejected edit the current config
+    still points there, so without the named path no later edit (the fix) would ever be noticed.
+    """
+    named = (loaded.path.parent / loaded.config.routes_file,) if loaded.config.routes_file else ()
+    return (*loaded.sources, *named)
+
+
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     """Names of changed settings that a reload cannot apply (they are logged, not silently ignored)."""
     changed = []
@@ -64,7 +75,7 @@ class ConfigWatcher:
         self._apply = apply
         self._audit = audit
         self._interval = interval
-        self._seen = fingerprint(loaded.sources)
+        self._seen = fingerprint(watched_paths(loaded))
         CONFIG_LAST_RELOAD.set_to_current_time()
 
     async def run(self) -> None:
@@ -98,7 +109,7 @@ class ConfigWatcher:
         return True
 
     def _read_if_changed(self) -> LoadedConfig | ConfigError | None:
-        seen = fingerprint(self.current.sources)
+        seen = fingerprint(watched_paths(self.current))
         if seen == self._seen:
             return None
         try:
@@ -107,5 +118,6 @@ class ConfigWatcher:
             self._seen = seen
             return exc
         # The routes file may have been added or renamed: from now on watch what this config reads.
-        self._seen = seen if loaded.sources == self.current.sources else fingerprint(loaded.sources)
+        watched = watched_paths(loaded)
+        self._seen = seen if watched == watched_paths(self.current) else fingerprint(watched)
         return loaded
