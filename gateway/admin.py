@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from starlette.applications import Starlette
@@ -16,7 +16,11 @@ from starlette.routing import Route
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
-def admin_app(checks: dict[str, ReadinessCheck]) -> Starlette:
+def admin_app(checks: dict[str, ReadinessCheck], degradable: Callable[[], Collection[str]] = frozenset) -> Starlette:
+    """`degradable()`: the checks whose failure leaves the gateway serving (in a reduced way it reports). A check
+    whose problem starts with "degraded:" is one too. `/readyz?degraded=ok` answers 200 while only those fail:
+    the readiness probe a load balancer wants, so that a Redis outage does not take every replica out of service."""
+
     async def metrics(request: Request) -> Response:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # `--workers N`: any worker may answer the scrape, so each one reports all workers' values.
@@ -33,7 +37,11 @@ def admin_app(checks: dict[str, ReadinessCheck]) -> Starlette:
         results = await asyncio.gather(*(checks[name]() for name in names))
         problems = {name: result for name, result in zip(names, results, strict=True) if result is not None}
         body = {"status": "degraded" if problems else "ready", "checks": {n: problems.get(n, "ok") for n in names}}
-        return JSONResponse(body, status_code=503 if problems else 200)
+        blocking = problems
+        if request.query_params.get("degraded") == "ok":
+            soft = degradable()
+            blocking = {n: p for n, p in problems.items() if n not in soft and not p.startswith("degraded:")}
+        return JSONResponse(body, status_code=503 if blocking else 200)
 
     return Starlette(
         routes=[

@@ -144,6 +144,13 @@ class Gateway:
                 continue
             log.info("signing keys reloaded: active kid %s, %d keys", self.keys.active.kid, len(self.keys.keys))
 
+    def degradable(self) -> frozenset[str]:
+        """Checks whose failure leaves the gateway serving: on its last known revocations and counting rate limits
+        per process while Redis is away. In strict mode (audit.on_failure: deny) it refuses instead, so none are."""
+        if self.loaded.config.audit.on_failure == "deny":
+            return frozenset()
+        return frozenset({"state", "rate_limits", "redis"})
+
     async def readiness(self) -> dict[str, object]:
         async def keys() -> str | None:
             return None if self.keys.verification_keys() else "no signing keys loaded"
@@ -223,7 +230,7 @@ async def run_gateway(
     apps: dict[str, tuple[object, str]] = {
         "proxy": (proxy_app, config.proxy.listen),
         "issuer": (issuer, config.issuer.listen),
-        "admin": (admin_app(await gateway.readiness()), config.admin.listen),
+        "admin": (admin_app(await gateway.readiness(), gateway.degradable), config.admin.listen),
     }
     servers: list[tuple[QuietServer, socket.socket]] = []
     for name in LISTENERS:

@@ -252,8 +252,9 @@ def test_delegated_auth_exchanges_again_when_the_refresh_family_is_revoked(gw: G
     delegated = secret_auth(gw, SHORT).on_behalf_of(user_token(idp, gw, "user:carol", "crm.read"))
     assert httpx2.get(gw.proxy_url + ROUTE, auth=delegated).status_code == 200
     token = delegated.get_token()
+    jti = claims_of(token)["jti"]
     subprocess.run(
-        [sys.executable, "-m", "gateway", "revoke", "--config", str(gw.config_path), f"--jti={claims_of(token)['jti']}"],
+        [sys.executable, "-m", "gateway", "revoke", "--config", str(gw.config_path), f"--jti={jti}"],
         check=True,
         capture_output=True,
         cwd=gw.dir,

@@ -31,10 +31,15 @@ def test_redis_outage_is_reported_and_strict_mode_refuses(
         assert "unreachable" in readiness["checks"]["state"]
         assert "tollbooth_state_up" in gateway.metrics()
         answer = httpx2.get(url, headers=bearer)
+        # The load balancer's probe: is this replica still serving? In strict mode it is not.
+        serving = httpx2.get(f"{gateway.admin_url}/readyz", params={"degraded": "ok"})
+        assert serving.json()["status"] == "degraded"
         if on_failure == "deny":
             assert answer.status_code == 503 and answer.json()["error"] == "revocations_unavailable"
+            assert serving.status_code == 503
         else:
             assert answer.status_code == 200  # serving on the last known revocation set
+            assert serving.status_code == 200
 
         redis_server.start()  # a fresh, empty Redis on the same port
         wait_until(lambda: httpx2.get(f"{gateway.admin_url}/readyz").status_code == 200, what="recovery", timeout=20)

@@ -329,7 +329,8 @@ def test_each_container_serves_its_listener_and_its_own_admin_listener(container
 
 def test_liveness_is_healthz_and_readiness_is_readyz_on_the_containers_admin_port(container: dict[str, Any]):
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin-<<$component>>"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin-<<$component>>"}
+    # Tolerating degradation: a Redis outage must not take every replica out of service (tests/test_admin.py).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz?degraded=ok", "port": "admin-<<$component>>"}
 
 
 def test_config_is_mounted_as_a_directory_and_keys_read_only_at_keys_dir(container: dict[str, Any]):

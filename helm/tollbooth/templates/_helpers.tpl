@@ -109,7 +109,8 @@ app.kubernetes.io/component: {{ .part }}
       containerPort: {{ include "tollbooth.listenPort" (index $config $component).listen }}
     - name: admin-{{ $component }}
       containerPort: {{ index $root.Values.adminPorts $component }}
-  # /healthz: the process is up. /readyz: keys loaded, config valid, audit sink and Redis reachable.
+  # /healthz: the process is up. /readyz?degraded=ok: the pod can serve. A Redis outage alone leaves it in the
+  # Services (it serves on its last known revocations and spools audit events) unless audit.on_failure is deny.
   livenessProbe:
     httpGet:
       path: /healthz
@@ -118,7 +119,7 @@ app.kubernetes.io/component: {{ .part }}
     failureThreshold: 3
   readinessProbe:
     httpGet:
-      path: /readyz
+      path: /readyz?degraded=ok
       port: admin-{{ $component }}
     periodSeconds: 5
     failureThreshold: 2
