@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -228,8 +229,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
     keys_dir = args.keys_dir or config.issuer.keys_dir
     lifetime = KeyStore.token_lifetime(config)
     algorithm = getattr(args, "algorithm", None) or config.issuer.algorithm  # only generate and rotate take one
+    delay = getattr(args, "activate_in", None)
+    activate_in = 0.0 if delay is None else _duration(delay, "--activate-in")
     role = (
-        "now the active signing key"
+        (
+            "now the active signing key"
+            if not activate_in
+            else f"published now, signs from {utc_text(time.time() + activate_in)}"
+        )
         if algorithm == config.issuer.algorithm
         else (f"signs only once issuer.algorithm is {algorithm}")
     )
@@ -240,11 +247,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
             key, pruned = None, prune_keys(keys_dir, config.issuer.algorithm, lifetime, dry_run=args.dry_run)
         elif args.keys_command == "rotate":
             rotation = rotate_keys(
-                keys_dir, config.issuer.algorithm, lifetime, new_algorithm=algorithm, dry_run=args.dry_run
+                keys_dir,
+                config.issuer.algorithm,
+                lifetime,
+                new_algorithm=algorithm,
+                activate_in=activate_in,
+                dry_run=args.dry_run,
             )
             key, pruned = rotation.generated, rotation.pruned
         else:
-            key, pruned = generate_key(keys_dir, algorithm), ()
+            key, pruned = generate_key(keys_dir, algorithm, now=time.time() + activate_in), ()
     except (KeyStoreError, OSError) as exc:
         _fail(str(exc))
     if args.keys_command != "list":
@@ -532,6 +544,13 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
         verb.set_defaults(func=cmd_keys)
     for verb in (rotate, generate):
         verb.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256", "PS256"])
+        verb.add_argument(
+            "--activate-in",
+            default=None,
+            metavar="DURATION",
+            help="publish the new key now but sign with it only after DURATION (e.g. 2m): with several replicas, "
+            "longer than it takes every one to see the file (a Kubernetes Secret: about 2m)",
+        )
     for verb in (rotate, prune):
         verb.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
     listing.add_argument("--json", action="store_true", help="print JSON")

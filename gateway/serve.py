@@ -120,17 +120,21 @@ class Gateway:
         return self.keys.verification_keys()
 
     async def watch_keys(self, interval: float) -> None:
-        """Reload the signing keys when a file in keys_dir appears, changes or goes (`tollbooth keys rotate`), and
-        when a retired key's window ends (it must stop being published though no file changed)."""
+        """Reload the signing keys when a file in keys_dir appears, changes or goes (`tollbooth keys rotate`), when
+        the keys change with time (a retired key's window ends, a pending key starts signing), and when a config
+        reload changes issuer.algorithm."""
         keys_dir = Path(self.loaded.config.issuer.keys_dir)
         seen = await asyncio.to_thread(_listing, keys_dir)
+        failed_algorithm: str | None = None
         while True:
             await asyncio.sleep(interval)
             listing = await asyncio.to_thread(_listing, keys_dir)
-            if listing == seen and not self.keys.outdated():
+            config = self.loaded.config
+            # A reload that changes issuer.algorithm needs the newest key of that algorithm to sign, file change or not.
+            switched = config.issuer.algorithm not in (self.keys.active.algorithm, failed_algorithm)
+            if listing == seen and not self.keys.outdated() and not switched:
                 continue
             seen = listing
-            config = self.loaded.config
             try:
                 self.keys = await asyncio.to_thread(
                     KeyStore.load,
@@ -141,7 +145,9 @@ class Gateway:
                 )
             except KeyStoreError as exc:
                 log.error("signing keys not reloaded, the previous keys stay in use: %s", exc)
+                failed_algorithm = config.issuer.algorithm  # said once; retried when the directory changes
                 continue
+            failed_algorithm = None
             log.info("signing keys reloaded: active kid %s, %d keys", self.keys.active.kid, len(self.keys.keys))
 
     def degradable(self) -> frozenset[str]:

@@ -888,3 +888,15 @@ def test_serve_with_a_bad_key_file_says_which_and_why_without_a_traceback(projec
     assert result.code == 1
     assert result.err.strip().splitlines()[-1].startswith(f"error: {bad}: not an unencrypted PEM private key")
     assert "Traceback" not in result.err
+
+
+def test_keys_rotate_activate_in_publishes_now_and_says_when_it_signs(project: Project) -> None:
+    first = tollbooth(project.dir, "keys", "generate", "--config", str(project.config))
+    assert first.code == 0, first.err
+    result = tollbooth(project.dir, "keys", "rotate", "--activate-in", "2m", "--config", str(project.config))
+    assert result.code == 0, result.err
+    assert "published now, signs from " in result.out
+    listing = tollbooth(project.dir, "keys", "list", "--config", str(project.config)).out.splitlines()
+    assert "pending, signs from " in listing[0] and listing[1].startswith("* ") and listing[1].endswith("active")
+    bad = tollbooth(project.dir, "keys", "rotate", "--activate-in", "soon", "--config", str(project.config))
+    assert bad.code == 2 and "--activate-in" in bad.err

@@ -55,7 +55,7 @@ _TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 # the host that ran `keys rotate`, which may run ahead of the gateways' clocks. A minute covers both.
 RELOAD_MARGIN = 60.0
 
-KeyState = Literal["active", "next", "retired", "expired"]
+KeyState = Literal["pending", "active", "next", "retired", "expired"]
 
 
 class KeyStoreError(Exception):
@@ -261,7 +261,8 @@ def _newest_first(keys: list[SigningKey]) -> tuple[SigningKey, ...]:
 
 @dataclass(frozen=True)
 class KeyStatus:
-    """Where a key stands: signing (`active`), waiting to sign (`next`), or retired and published for a while."""
+    """Where a key stands: published ahead of signing (`pending`: its file says it was made in the future), signing
+    (`active`), waiting to sign (`next`), or retired and published for a while."""
 
     key: SigningKey
     state: KeyState
@@ -277,6 +278,8 @@ class KeyStatus:
         """The state in words, as `tollbooth keys list` shows it."""
         if self.state == "retired" and self.published_until is not None:
             return f"retired, published until {utc_text(self.published_until)}"
+        if self.state == "pending":
+            return f"pending, signs from {utc_text(self.key.created_at)}"
         if self.state == "expired":
             if self.prunable:
                 return "expired (not published; pruned by keys rotate|prune)"
@@ -308,7 +311,9 @@ def key_statuses(
         newest_seen.add(key.algorithm)
         published_until = None
         state: KeyState
-        if retired_at is None:
+        if key.created_at > now:
+            state = "pending"  # published, so every replica knows it before any of them signs with it
+        elif retired_at is None or retired_at > now:
             state = "active" if key.algorithm == algorithm else "next"
         else:
             published_until = None if token_lifetime is None else retired_at + token_lifetime
@@ -336,7 +341,7 @@ class KeyStore:
         token_lifetime: float | None = None,
         now: float | None = None,
     ) -> KeyStore:
-        """Read every key in `keys_dir`; the newest key of `algorithm` signs.
+        """Read every key in `keys_dir`; the newest key of `algorithm` dated no later than now signs.
 
         With `generate_if_empty`, a missing or empty directory, or one with no key of `algorithm` (the config's
         algorithm changed), gets a new key; the older keys keep verifying the tokens they signed. Retired keys are
@@ -358,8 +363,10 @@ class KeyStore:
                     )
                 keys.append(_generate_unlocked(keys_dir, algorithm, now))
         newest_first = _newest_first(keys)
+        of_algorithm = [key for key in newest_first if key.algorithm == algorithm]
+        # The newest key whose time has come signs; only when every key is still pending does the earliest sign.
         return cls(
-            active=next(key for key in newest_first if key.algorithm == algorithm),
+            active=next((key for key in of_algorithm if key.created_at <= now), of_algorithm[-1]),
             keys=newest_first,
             statuses=key_statuses(newest_first, algorithm, token_lifetime, now),
         )
@@ -385,12 +392,13 @@ class KeyStore:
         return {"keys": [key.public_jwk() for key in self.published]}
 
     def next_change_at(self) -> float | None:
-        """When the first published retired key's window ends: the published keys change then with no file change."""
+        """When the keys change with no file change: a retired key's window ends, or a pending key starts signing."""
         ends = [s.published_until for s in self.statuses if s.state == "retired" and s.published_until is not None]
-        return min(ends, default=None)
+        starts = [s.key.created_at for s in self.statuses if s.state == "pending"]
+        return min([*ends, *starts], default=None)
 
     def outdated(self, now: float | None = None) -> bool:
-        """Whether a retired key's window has ended since loading: reload to stop publishing it."""
+        """Whether the keys changed with the time since loading (see next_change_at): reload."""
         change = self.next_change_at()
         return change is not None and (time.time() if now is None else now) >= change
 
@@ -444,6 +452,7 @@ def rotate_keys(
     *,
     new_algorithm: str | None = None,
     now: float | None = None,
+    activate_in: float = 0.0,
     dry_run: bool = False,
 ) -> Rotation:
     """Generate a key of `new_algorithm` (default `algorithm`, the configured one), then prune as `prune_keys` does.
@@ -463,9 +472,13 @@ def rotate_keys(
         if dry_run:
             # A stand-in for the key a real run would write: it retires keys only from now on, but it does take
             # over "newest key of its algorithm", which may leave an older key of that algorithm prunable.
-            generated = SigningKey("", new_algorithm, private_key=None, public_key=None, created_at=now, path=None)
+            generated = SigningKey(
+                "", new_algorithm, private_key=None, public_key=None, created_at=now + activate_in, path=None
+            )
         else:
-            generated = _generate_unlocked(keys_dir, new_algorithm, now)
+            # activate_in > 0: the file is dated in the future, so gateways publish the key at once and sign with it
+            # only from then on, after every replica has had time to see it.
+            generated = _generate_unlocked(keys_dir, new_algorithm, now + activate_in)
         doomed = _prunable([*keys, generated], algorithm, token_lifetime, now)
         if not dry_run:
             _delete_files(keys_dir, doomed)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2
 import jwt
 import pytest
+import yaml
 from support import Gateway, Upstream, start_gateway, wait_until
 from token_support import (
     INTROSPECT_PATH,
@@ -491,3 +493,44 @@ def test_jwks_keeps_the_previous_key_after_rotation_and_its_tokens_keep_working(
     kids = {key["kid"] for key in httpx2.get(gw.issuer_url + "/.well-known/jwks.json", timeout=10).json()["keys"]}
     assert {old_kid, new_kid} <= kids
     assert proxy_get(gw, "/v1/customers/1", before).status_code == 200
+
+
+def test_a_key_rotated_with_activate_in_is_published_first_and_signs_later(gw: Gateway):
+    from gateway.issuer.keys import rotate_keys
+
+    old_kid = header_of(PLAIN.access_token(gw))["kid"]
+    new = rotate_keys(gw.dir / "keys", "ES256", token_lifetime=600, activate_in=4).generated
+    assert new is not None
+
+    def published() -> set[str]:
+        return {key["kid"] for key in httpx2.get(gw.issuer_url + "/.well-known/jwks.json", timeout=10).json()["keys"]}
+
+    # Every replica can verify the new key's tokens before any replica signs with it.
+    wait_until(lambda: new.kid in published(), timeout=10, what="the pending key to be published")
+    if time.time() < new.created_at - 0.5:
+        assert header_of(PLAIN.access_token(gw))["kid"] == old_kid
+    wait_until(lambda: header_of(PLAIN.access_token(gw))["kid"] == new.kid, timeout=15, what="the key to sign")
+    assert old_kid in published()
+
+
+def test_a_reload_that_changes_the_algorithm_switches_the_signing_key(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
+):
+    from gateway.issuer.keys import generate_key
+
+    gateway = start_gateway(
+        tmp_path_factory.mktemp("algorithm"),
+        upstream.url,
+        extra={"agents": {PLAIN.client_id: PLAIN.config(scopes=["crm.read"])}},
+    )
+    try:
+        assert header_of(PLAIN.access_token(gateway))["alg"] == "ES256"
+        eddsa = generate_key(gateway.dir / "keys", "EdDSA")  # published as "next" while ES256 signs
+        jwks = gateway.issuer_url + "/.well-known/jwks.json"
+        wait_until(lambda: eddsa.kid in httpx2.get(jwks).text, what="the EdDSA key to be loaded (as next)")
+        config = yaml.safe_load(gateway.config_path.read_text())
+        config["issuer"]["algorithm"] = "EdDSA"
+        gateway.config_path.write_text(yaml.safe_dump(config))
+        wait_until(lambda: header_of(PLAIN.access_token(gateway))["alg"] == "EdDSA", timeout=15, what="EdDSA tokens")
+    finally:
+        gateway.stop()

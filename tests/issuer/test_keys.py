@@ -314,6 +314,20 @@ RETENTION_CASES = {
         LIFETIME,
         {"r": ("next", None, False)},
     ),
+    "a pending key is published while the current key keeps signing": (
+        [("a", "ES256", 0), ("b", "ES256", 100)],
+        "ES256",
+        50,
+        LIFETIME,
+        {"b": ("pending", None, False), "a": ("active", 100, False)},
+    ),
+    "a pending key signs from its time, and the previous key retires then": (
+        [("a", "ES256", 0), ("b", "ES256", 100)],
+        "ES256",
+        100,
+        LIFETIME,
+        {"b": ("active", None, False), "a": ("retired", 100, False)},
+    ),
     "an unknown token lifetime publishes every key": (
         [("a", "ES256", 0), ("b", "ES256", 10)],
         "ES256",
@@ -533,3 +547,20 @@ def test_workers_starting_together_on_no_keys_directory_share_one_new_key(tmp_pa
     for thread in threads:
         thread.join()
     assert failures == [] and len(loaded) == 8 and len(set(loaded)) == 1
+
+
+def test_a_key_dated_in_the_future_is_published_but_signs_only_from_then(tmp_path: Path) -> None:
+    current = generate_key(tmp_path, "ES256", now=T0)
+    pending = generate_key(tmp_path, "ES256", now=T0 + 120)
+    before = KeyStore.load(tmp_path, "ES256", token_lifetime=LIFETIME, now=T0 + 60)
+    assert before.active.kid == current.kid
+    assert {pending.kid, current.kid} <= set(before.verification_keys())
+    assert before.next_change_at() == pending.created_at  # the gateway reloads then, with no file change
+    assert not before.outdated(now=T0 + 119) and before.outdated(now=T0 + 120)
+    assert KeyStore.load(tmp_path, "ES256", token_lifetime=LIFETIME, now=T0 + 120).active.kid == pending.kid
+
+
+def test_when_every_key_is_pending_the_earliest_signs(tmp_path: Path) -> None:
+    first = generate_key(tmp_path, "ES256", now=T0 + 60)
+    generate_key(tmp_path, "ES256", now=T0 + 120)
+    assert KeyStore.load(tmp_path, "ES256", now=T0).active.kid == first.kid
