@@ -320,6 +320,8 @@ class ProxyApp:
             await self._body_too_large(send, crossing, limit)
         except UpstreamError as exc:
             event.upstream_ms = (time.perf_counter() - upstream_started) * 1000
+            # The agent sees only "bad gateway"; the operator needs the cause (which host, refused or which timeout).
+            log.warning("request %s: %s", crossing.request_id, exc)
             await self._deny(
                 send,
                 crossing,

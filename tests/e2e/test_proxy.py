@@ -330,6 +330,15 @@ def test_unreachable_upstream_is_502(tmp_path):
         response = get(dead, "/v1/customers/1", dead.mint())
         assert response.status_code == 502
         assert response.json()["error"] == "upstream_unreachable"
+        request_id = response.headers["x-request-id"]
+        # The cause is in the operator's log, tied to the request; the agent's answer does not reveal it.
+        logged = wait_until(
+            lambda: next(
+                (line for line in (tmp_path / "gateway.log").read_text().splitlines() if request_id in line), None
+            ),
+            what="the upstream failure logged",
+        )
+        assert "cannot connect to 127.0.0.1:" in logged and "cannot connect" not in response.text
     finally:
         dead.stop()
 
