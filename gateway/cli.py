@@ -11,10 +11,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 from gateway import __version__
-from gateway.config import ConfigError, LoadedConfig, config_schema, load_config, parse_duration
+from gateway.config import Config, ConfigError, LoadedConfig, config_schema, load_config, parse_duration
+from gateway.redis_url import redacted
 
 DEFAULT_CONFIG = os.environ.get("TOLLBOOTH_CONFIG", "config/example.yaml")
 MAX_DEV_TOKEN_TTL = 86400.0
@@ -337,9 +337,37 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         done = asyncio.run(revoke())
     except StateUnavailable as exc:
         _fail(f"nothing revoked: {exc}")
-    where = f"Redis at {urlsplit(config.redis.url).hostname}" if config.redis.url else str(journal)  # no password
+    where = f"Redis at {redacted(config.redis.url)}" if config.redis.url else str(journal)
     print(f"{done} (recorded in {where}; running gateways enforce it within a second)")
+    problem = _audit_revocation(config, args, now)
+    if problem:
+        print(f"warning: revoked, but its audit event was not written: {problem}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _audit_revocation(config: Config, args: argparse.Namespace, now: float) -> str | None:
+    """An operator's revocation is a token.revoked event like an agent's (RFC 7009) one; None once it is written,
+    else why not."""
+    from gateway.audit.events import AuditEvent
+    from gateway.audit.record import record_event
+    from gateway.redis_connect import REDIS_FAILURES
+
+    what = "jti" if args.jti else "agent" if args.agent else "subject"
+    event = AuditEvent(
+        event="token.revoked",
+        ts=now,
+        decision="allow",
+        reason=f"operator_revoke_{what}",
+        agent=args.agent or "",
+        subject=args.subject or "",
+        jti=args.jti or "",
+    )
+    try:
+        record_event(config.redis.url, config.audit, event)
+    except (*REDIS_FAILURES, OSError) as exc:
+        return f"{exc.__class__.__name__}: {exc}"
+    return None
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import redis
 from support import Gateway, RedisServer, Upstream, free_port, start_gateway, wait_until
 from token_support import (
     TOKEN_PATH,
@@ -318,6 +319,9 @@ def test_cli_revoke_makes_the_proxy_refuse(gw: Gateway, idp: TestIdP, kind: str)
     assert works_at_proxy(gw, token)
     revoke_cli(gw, f"{kind}={value}")  # `=`: a jti may begin with "-", which argparse would take for an option
     wait_until(lambda: refused_at_proxy(gw, token), FILE_PROPAGATION, f"revoke {kind} refused at the proxy")
+    # The operator's act is in the audit trail like an agent's RFC 7009 revocation.
+    event = gw.wait_audit(lambda e: e["event"] == "token.revoked" and e.get("reason") == f"operator_revoke_{kind[2:]}")
+    assert event[kind[2:]] == value and event["decision"] == "allow"
 
 
 def test_cli_revoke_of_a_subject_also_ends_its_refresh_tokens(gw: Gateway, idp: TestIdP):
@@ -380,6 +384,23 @@ def test_refresh_token_reuse_is_detected_across_gateways_sharing_redis(
     assert_oauth_error(ASSISTANT.refresh(first, issued["refresh_token"]), "invalid_grant")
     for gateway in (first, second):
         wait_until(lambda g=gateway: refused_at_proxy(g, rotated["access_token"]), PROPAGATION, "family revoked")
+
+
+def test_cli_revoke_with_redis_reaches_both_gateways_and_the_audit_stream(redis_pair: tuple[Gateway, Gateway]):
+    first, second = redis_pair
+    token = ASSISTANT.access_token(first)
+    jti = claims_of(token)["jti"]
+    revoke_cli(first, f"--jti={jti}")
+    wait_until(lambda: refused_at_proxy(second, token), PROPAGATION, "the other gateway to refuse the token")
+    client = redis.Redis.from_url(first.config["redis"]["url"], decode_responses=True)
+    try:
+        entries = client.xrange("tollbooth:audit")
+    finally:
+        client.close()
+    assert any(
+        f.get("event") == "token.revoked" and f.get("jti") == jti and f.get("reason") == "operator_revoke_jti"
+        for _, f in entries
+    )
 
 
 def test_client_assertion_replay_is_detected_across_gateways_sharing_redis(redis_pair: tuple[Gateway, Gateway]):
