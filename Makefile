@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
-.PHONY: install run test bench bench-audit bench-transports lint clean redis-server bench-tools
+.PHONY: install run test bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: install bench-tools
 # The Redis audit sink: events/s into a local Redis, and the proxy's req/s with the sink on vs off.
 bench-audit: install bench-tools redis-server
 	$(BIN)/python benchmarks/audit_bench.py
+
+# What a route's rate_limit costs the proxy, counted in memory and in Redis.
+bench-ratelimit: install bench-tools redis-server
+	$(BIN)/python benchmarks/ratelimit_bench.py
 
 # The upstream-client comparison behind gateway/proxy/forward.py (about 8 minutes).
 bench-transports: install bench-tools
