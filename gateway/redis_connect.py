@@ -89,17 +89,19 @@ def _client(classes: _Classes, url: str, options: dict[str, Any]) -> Any:
     target = parse_redis_url(url)
     if target.kind == "redis":
         return classes.server.from_url(url, **options)
-    credentials = {"username": target.username, "password": target.password, "ssl": target.tls}
+    # redis-py's own URL parsing reads ssl_ca_certs & co. from a plain URL; here they are passed on by name.
+    tls = {"ssl": target.tls, **dict(target.tls_files)}
+    credentials = {"username": target.username, "password": target.password, **tls}
     if target.kind == "cluster":
         nodes = [classes.cluster_node(host, port) for host, port in target.nodes]
         return classes.cluster(startup_nodes=nodes, **credentials, **options)
     sentinels = classes.sentinel(
         list(target.nodes),
-        sentinel_kwargs={
+        sentinel_kwargs={  # the Sentinels speak TLS with the same CA and client certificate as the master
             **{name: value for name, value in options.items() if name.startswith("socket_")},
             "username": target.sentinel_username,
             "password": target.sentinel_password,
-            "ssl": target.tls,
+            **tls,
         },
     )
     return sentinels.master_for(

@@ -7,11 +7,14 @@
 
 `rediss+sentinel://` and `rediss+cluster://` use TLS. In a Sentinel URL the hosts are the Sentinels, the user and
 password are the master's, and `sentinel_username` / `sentinel_password` authenticate to the Sentinels when they
-require it. A Cluster URL names some nodes to start from (the client learns the others) and has no database. Percent-
-encode a password's reserved characters (`@` as %40, `/` as %2F, `,` as %2C).
+require it. A Cluster URL names some nodes to start from (the client learns the others) and has no database. Every
+TLS URL may name a private CA (`ssl_ca_certs=/path/ca.pem`) and a client certificate (`ssl_certfile`,
+`ssl_keyfile`); options that weaken TLS are refused. Percent-encode a password's reserved characters (`?` as %3F,
+`#` as %23, `@` as %40, `/` as %2F, `%` as %25).
 
 Pure: no I/O and no Redis client, so loading the config can check the URL. `redacted` is how a URL is shown in
-errors and logs: never with its password.
+errors and logs: never with its password. Errors quote only the redacted URL and pieces after its last `@`, which
+hold no password.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 Kind = Literal["redis", "sentinel", "cluster"]
 
@@ -33,10 +36,30 @@ _SCHEMES: dict[str, tuple[Kind, bool]] = {
     "redis+cluster": ("cluster", False),
     "rediss+cluster": ("cluster", True),
 }
-_DEFAULT_PORTS: dict[Kind, int] = {"sentinel": 26379, "cluster": 6379}
-_PARAMETERS: dict[Kind, tuple[str, ...]] = {"sentinel": ("sentinel_username", "sentinel_password"), "cluster": ()}
-# Query parameters whose value is a credential (redis-py reads `password` from the query of a plain URL too).
-_SECRET_PARAMETER = re.compile(r"(?i)([?&][^=&#]*(?:password|secret|token)[^=&#]*=)[^&#]*")
+_LABELS: dict[Kind, str] = {"redis": "single-server", "sentinel": "Sentinel", "cluster": "Cluster"}
+_DEFAULT_PORTS: dict[Kind, int] = {"redis": 6379, "sentinel": 26379, "cluster": 6379}
+_PARAMETERS: dict[Kind, tuple[str, ...]] = {
+    "redis": ("db",),
+    "sentinel": ("sentinel_username", "sentinel_password"),
+    "cluster": (),
+}
+# Files redis-py's TLS reads: a private CA, and the client certificate a server with `tls-auth-clients` asks for.
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+# redis-py options that would weaken TLS, so that anyone on the network path could pose as Redis: (the values that
+# keep the default checks, what any other does, said after the option's name).
+_WEAKENING: dict[str, tuple[tuple[str, ...], str]] = {
+    "ssl_cert_reqs": (("required",), " other than required turns off checking the server's certificate"),
+    "ssl_check_hostname": (("true",), "=false accepts a certificate made out to any host"),
+    "ssl_include_verify_flags": ((), " changes how certificates are checked"),
+    "ssl_exclude_verify_flags": ((), " turns certificate checks off"),
+    "ssl_min_version": ((), " can let an older TLS version through"),
+    "ssl_ciphers": ((), " can let weak ciphers through"),
+}
+# Query parameters whose value is a credential (redis-py reads `password` from the query of a plain URL too). The
+# value runs on over a `#`: one there is most likely a raw `#` in the password, not the start of a fragment.
+_SECRET_PARAMETER = re.compile(r"(?i)([?&][^=&#]*(?:password|secret|token)[^=&#]*=)[^&]*")
+# Characters that end a URL's userinfo (RFC 3986 §3.2.1): in a password they must be percent-encoded.
+_ENDS_USERINFO = re.compile(r"[/?#]")
 
 
 class RedisUrlError(ValueError):
@@ -46,7 +69,8 @@ class RedisUrlError(ValueError):
 @dataclass(frozen=True)
 class RedisTarget:
     """A parsed `redis.url`. `nodes` are the Sentinels (kind "sentinel") or the Cluster's seed nodes (kind
-    "cluster"); a plain URL ("redis") keeps only `url`, which redis-py parses itself, as it always has."""
+    "cluster"); a plain URL ("redis") keeps only `url`, which redis-py parses itself, as it always has.
+    `tls_files` are the URL's ssl_ca_certs / ssl_certfile / ssl_keyfile, as redis-py's keyword arguments."""
 
     kind: Kind
     url: str = field(repr=False)
@@ -58,14 +82,15 @@ class RedisTarget:
     password: str | None = field(default=None, repr=False)
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    tls_files: tuple[tuple[str, str], ...] = ()
 
 
 def _userinfo(text: str) -> tuple[str | None, str]:
-    """(userinfo, the rest) of what follows `scheme://`. The last `@` before the query ends the userinfo, so an
-    unencoded `@` or `/` in a password is still taken for part of it, and redacted."""
-    end = min((i for i in (text.find("?"), text.find("#")) if i >= 0), default=len(text))
-    at = text.rfind("@", 0, end)
-    return (None, text) if at < 0 else (text[:at], text[at + 1 :])
+    """(userinfo, the rest) of what follows `scheme://`. Everything up to the last `@` is the userinfo: hosts,
+    database numbers and the parameters Tollbooth takes hold no raw `@`, so one in a password is still taken for
+    part of it, and redacted."""
+    userinfo, at, rest = text.rpartition("@")
+    return (userinfo, rest) if at else (None, text)
 
 
 def redacted(url: str) -> str:
@@ -74,11 +99,21 @@ def redacted(url: str) -> str:
     if not sep:
         scheme, text = "", url
     userinfo, rest = _userinfo(text)
-    if userinfo is not None:
-        user, colon, _ = userinfo.partition(":")
-        # No colon: redis-py reads a lone userinfo as the user name, but people put passwords there: hide it too.
-        rest = f"{user}:***@{rest}" if colon and user else f"***@{rest}"
-    return scheme + sep + _SECRET_PARAMETER.sub(r"\1***", rest)
+    if userinfo is None:
+        return scheme + sep + _hide_secret_parameters(text)
+    at = len(userinfo)
+    if any(found.start() < at < found.end() for found in _SECRET_PARAMETER.finditer(text)):
+        # The last `@` ends either the userinfo or a part of `?sentinel_password=p@ss`: which, no one can tell.
+        return f"{scheme}{sep}***"
+    user, colon, _ = userinfo.partition(":")
+    # No colon: redis-py reads a lone userinfo as the user name, but people put passwords there: hide it too. A `/`,
+    # `?` or `#` in the userinfo leaves unclear where the user name ends: hide it all.
+    shown_user = f"{user}:" if colon and user and not _ENDS_USERINFO.search(userinfo) else ""
+    return f"{scheme}{sep}{shown_user}***@{_hide_secret_parameters(rest)}"
+
+
+def _hide_secret_parameters(text: str) -> str:
+    return _SECRET_PARAMETER.sub(r"\1***", text)
 
 
 def parse_redis_url(url: str) -> RedisTarget:
@@ -89,21 +124,29 @@ def parse_redis_url(url: str) -> RedisTarget:
         known = ", ".join(f"{name}://" for name in _SCHEMES)
         raise RedisUrlError(f"{shown!r} is not a Redis URL: it must start with one of {known}")
     kind, tls = _SCHEMES[scheme.lower()]
-    if kind == "redis":
-        _check_server_url(url, shown)
-        return RedisTarget("redis", url, tls=tls)
-    if "#" in text:
-        raise RedisUrlError(f"{shown}: a Redis URL has no #fragment")
-    userinfo, rest = _userinfo(text)
-    user, password = (None, None) if userinfo is None else _credentials(userinfo)
+    # `unix:///path` has no authority (RFC 3986 §3.2), so no password: an `@` there is in the socket's path. (Shown
+    # redacted all the same: better a path half hidden than a misplaced password shown.)
+    userinfo, rest = (None, text) if scheme.lower() == "unix" and text.startswith("/") else _userinfo(text)
+    if userinfo is not None and _ENDS_USERINFO.search(userinfo):
+        raise RedisUrlError(
+            f"{shown}: a raw /, ? or # before the last @ would end the user and password early; "
+            "percent-encode the password: ? as %3F, # as %23, @ as %40, / as %2F"
+        )
+    if "#" in rest:
+        raise RedisUrlError(f"{shown}: a Redis URL has no #fragment; percent-encode a # in a password as %23")
     location, _, query = rest.partition("?")
     hosts, slash, path = location.partition("/")
-    options = _parameters(query, kind, shown)
+    options = _parameters(query, kind, tls, shown)
+    tls_files = tuple((name, value) for name, value in options.items() if name in _TLS_FILES)
+    if kind == "redis":
+        _check_server(scheme, hosts, path, options, shown)
+        return RedisTarget("redis", url, tls=tls, tls_files=tls_files)
+    user, password = (None, None) if userinfo is None else _credentials(userinfo)
     nodes = _nodes(hosts, _DEFAULT_PORTS[kind], shown)
     if kind == "cluster":
         if path.strip("/") not in ("", "0"):
             raise RedisUrlError(f"{shown}: Redis Cluster has only database 0; drop /{path} from the URL")
-        return RedisTarget("cluster", url, tls=tls, nodes=nodes, username=user, password=password)
+        return RedisTarget("cluster", url, tls=tls, nodes=nodes, username=user, password=password, tls_files=tls_files)
     master, _, db = path.partition("/")
     if not slash or not master:
         raise RedisUrlError(
@@ -124,21 +167,25 @@ def parse_redis_url(url: str) -> RedisTarget:
         password=password,
         sentinel_username=options.get("sentinel_username") or None,
         sentinel_password=options.get("sentinel_password") or None,
+        tls_files=tls_files,
     )
 
 
-def _check_server_url(url: str, shown: str) -> None:
+def _check_server(scheme: str, hosts: str, path: str, options: dict[str, str], shown: str) -> None:
     """What redis-py would trip over at the first connection (or, for the database, silently read as 0)."""
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018  (urlsplit checks the port only when asked)
-    except ValueError:
-        raise RedisUrlError(f"{shown}: invalid port; write host:port with a port of 1-65535") from None
-    if parts.scheme.lower() == "unix":
-        if not parts.path:
+    if scheme.lower() == "unix":
+        if not path:
             raise RedisUrlError(f"{shown}: no socket path; write it like unix:///run/redis/redis.sock")
-    elif parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        raise RedisUrlError(f"{shown}: {parts.path.strip('/')!r} is not a database number; write /0 or leave it out")
+    else:
+        if hosts and len(_nodes(hosts, _DEFAULT_PORTS["redis"], shown)) > 1:
+            raise RedisUrlError(
+                f"{shown}: {scheme}:// names one server; list Sentinels with redis+sentinel:// "
+                "or Cluster nodes with redis+cluster://"
+            )
+        if path.strip("/") and not path.strip("/").isdigit():
+            raise RedisUrlError(f"{shown}: {path.strip('/')!r} is not a database number; write /0 or leave it out")
+    if not options.get("db", "0").isdigit():
+        raise RedisUrlError(f"{shown}: db takes a database number, like db=0")
 
 
 def _credentials(userinfo: str) -> tuple[str | None, str | None]:
@@ -168,12 +215,28 @@ def _nodes(hosts: str, default_port: int, shown: str) -> tuple[tuple[str, int], 
     return tuple(nodes)
 
 
-def _parameters(query: str, kind: Kind, shown: str) -> dict[str, str]:
-    allowed = _PARAMETERS[kind]
+def _parameters(query: str, kind: Kind, tls: bool, shown: str) -> dict[str, str]:
+    """The query's parameters, checked: errors name a parameter but never quote a value (it may be a secret)."""
+    takes = _PARAMETERS[kind] + _TLS_FILES
     options = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name not in allowed:
-            takes = f"takes only {', '.join(allowed)}" if allowed else "takes no query parameters"
-            raise RedisUrlError(f"{shown}: unknown parameter {name!r}; a {kind.capitalize()} URL {takes}")
+        if name in _WEAKENING:
+            keeps, why = _WEAKENING[name]
+            if value not in keeps:
+                raise RedisUrlError(
+                    f"{shown}: {name}{why}, which would let anyone on the network path pose as Redis; Tollbooth "
+                    "refuses options that weaken TLS: leave it out (for a private CA, add ssl_ca_certs=/path/ca.pem)"
+                )
+        elif name not in takes:
+            raise RedisUrlError(
+                f"{shown}: unknown parameter {name!r}; a {_LABELS[kind]} URL takes only {', '.join(takes)}"
+            )
+        if name.startswith("ssl_") and not tls:
+            raise RedisUrlError(
+                f"{shown}: {name} is a TLS option but the URL does not use TLS; start it with rediss://, "
+                "rediss+sentinel:// or rediss+cluster://"
+            )
+        if name in _TLS_FILES and not value:
+            raise RedisUrlError(f"{shown}: {name} names no file; write {name}=/path/to/file.pem")
         options[name] = value
     return options
