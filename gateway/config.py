@@ -73,12 +73,18 @@ class RateLimit:
         return f"{self.limit}/{self.window_seconds}s"
 
 
+# Budgets are kept in microseconds (gateway.state.gcra): N × interval must stay exact in the Lua script's doubles.
+MAX_RATE_LIMIT = 1_000_000_000
+
+
 def parse_rate_limit(value: Any) -> RateLimit | None:
     if value is None or isinstance(value, RateLimit):
         return value
     match = _RATE.match(str(value))
     if not match or int(match.group(1)) <= 0:
         raise ValueError(f"{value!r} is not a rate limit: use a form like 60/minute or 10/second")
+    if int(match.group(1)) > MAX_RATE_LIMIT:
+        raise ValueError(f"{value!r}: at most {MAX_RATE_LIMIT:,} per window; leave rate_limit out for no limit")
     return RateLimit(int(match.group(1)), _RATE_WINDOW[match.group(2)])
 
 

@@ -384,7 +384,7 @@ class ProxyApp:
             if principal is None
             else ""
         )
-        verdict = await self._limiter.check(limit_key(route.name, principal, address), limit)
+        verdict = await self._limiter.check(limit_key(route.name, principal, address, snap.config.issuer.url), limit)
         store = "memory" if verdict.degraded else self._limiter.store
         if verdict.degraded and snap.config.audit.on_failure == "deny":
             # Strict mode: per-process budgets would let an agent through N replicas times its limit.

@@ -12,6 +12,8 @@ the last `X-Forwarded-For` entry, the address your load balancer saw.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
 from collections.abc import Iterable
 
@@ -34,24 +36,44 @@ def describe(limit: RateLimit) -> str:
     return f"{limit.limit}/{name}" if name else f"{limit.limit}/{limit.window_seconds}s"
 
 
-def limit_key(route: str, principal: Principal | None, client_address: str) -> str:
-    """The budget a request counts against. Route names hold no ':' (config), so the parts cannot run together."""
-    if principal is not None:
+def limit_key(route: str, principal: Principal | None, client_address: str, own_issuer: str) -> str:
+    """The budget a request counts against. Route names hold no ':' (config), so the parts cannot run together.
+    A trusted identity provider's client ids are its own namespace: its `billing-bot` is not ours, and must not
+    spend our agent's budget (the issuer is hashed to keep the key short and free of ':')."""
+    if principal is None:
+        return f"{route}:ip:{client_address}"
+    if principal.issuer == own_issuer:
         return f"{route}:agent:{principal.agent}"
-    return f"{route}:ip:{client_address}"
+    issuer = hashlib.sha256(principal.issuer.encode()).hexdigest()[:16]
+    return f"{route}:iss:{issuer}:agent:{principal.agent}"
 
 
 def client_address(headers: Iterable[tuple[bytes, bytes]], peer: str, *, trust_forwarded: bool) -> str:
-    """Who sent a request without a token: the socket peer, or behind a trusted load balancer the address it saw
-    (the last X-Forwarded-For entry: the earlier ones are whatever the client claimed, RFC 7239 §5.2)."""
-    if not trust_forwarded:
-        return peer
-    last = b""
-    for name, value in headers:
-        if name == b"x-forwarded-for":
-            last = value  # several fields are one list (RFC 9110 §5.3): the last one ends it
-    address = last.rpartition(b",")[2].strip().decode("latin-1")
-    return address or peer
+    """Who sent a request without a token, as a budget key: the socket peer, or behind a trusted load balancer the
+    address it saw (the last X-Forwarded-For entry: the earlier ones are whatever the client claimed, RFC 7239
+    §5.2). An entry that is no IP address is not believed. An IPv6 client counts by its /64, the block one
+    subscriber is given: otherwise every address in it would bring a fresh budget."""
+    if trust_forwarded:
+        last = b""
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                last = value  # several fields are one list (RFC 9110 §5.3): the last one ends it
+        forwarded = _budget_address(last.rpartition(b",")[2].strip().decode("latin-1"))
+        if forwarded is not None:
+            return forwarded
+    return _budget_address(peer) or peer  # a peer that is no IP (a unix socket): nothing better to count by
+
+
+def _budget_address(text: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def limited_description(limit: RateLimit, route: str, principal: Principal | None, verdict: RateVerdict) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import time
@@ -33,8 +34,8 @@ class FakeClock:
 async def limiters(redis_server: RedisServer) -> AsyncIterator[tuple[FakeClock, RedisRateLimiter, RedisRateLimiter]]:
     """Two replicas' limiters on one Redis, on one injected clock."""
     clock = FakeClock()
-    first = RedisRateLimiter(redis_server.url, clock=clock)
-    second = RedisRateLimiter(redis_server.url, clock=clock)
+    first = RedisRateLimiter(redis_server.url, clock=clock, script_clock=clock)
+    second = RedisRateLimiter(redis_server.url, clock=clock, script_clock=clock)
     yield clock, first, second
     await first.aclose()
     await second.aclose()
@@ -165,3 +166,37 @@ async def test_a_hung_redis_does_not_hold_the_request(
         assert time.monotonic() - started < 0.1
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
+
+
+async def test_hundreds_of_concurrent_checks_are_not_taken_for_an_outage(redis_server: RedisServer) -> None:
+    # More checks at once than redis-py's default pool has connections (100): they share round trips instead.
+    limiter = RedisRateLimiter(redis_server.url)
+    try:
+        verdicts = await asyncio.gather(*(limiter.check(f"k{n % 250}", RateLimit(1, 60)) for n in range(500)))
+        assert sum(v.allowed for v in verdicts) == 250
+        assert not any(v.degraded for v in verdicts) and limiter.problem() is None
+    finally:
+        await limiter.aclose()
+
+
+async def test_replicas_with_skewed_clocks_share_one_budget_on_redis_time(redis_server: RedisServer) -> None:
+    # Each replica's own clock is ignored in service: one two minutes ahead neither adds budget nor locks out.
+    honest = RedisRateLimiter(redis_server.url)
+    skewed = RedisRateLimiter(redis_server.url, clock=lambda: time.time() + 120)
+    try:
+        verdicts = [await limiter.check("k", RateLimit(10, 60)) for limiter in (honest, skewed) * 10]
+        assert sum(v.allowed for v in verdicts) == 10
+        refused = await honest.check("k", RateLimit(10, 60))
+        assert not refused.allowed and refused.retry_after <= 6.0
+    finally:
+        await honest.aclose()
+        await skewed.aclose()
+
+
+async def test_a_flood_of_client_addresses_never_evicts_an_agents_spent_budget() -> None:
+    limiter = LocalRateLimiter(clock=FakeClock(), max_keys=50)
+    assert (await limiter.check("route:agent:bot", RateLimit(1, 60))).allowed
+    for n in range(500):
+        await limiter.check(f"public:ip:10.0.{n // 256}.{n % 256}", RateLimit(1, 60))
+    assert not (await limiter.check("route:agent:bot", RateLimit(1, 60))).allowed
+    assert len(limiter) <= 51

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,9 +14,11 @@ import pytest
 from redis_topologies import RedisCluster, RedisSentinel, redis_cluster, redis_sentinel  # noqa: F401
 from support import free_port
 
+from gateway.config import RateLimit
 from gateway.principal import Principal
 from gateway.redis_slots import key_slot
 from gateway.state import RedisState, RefreshGrant, RefreshReused, StateUnavailable, refresh_token_hash
+from gateway.state.ratelimit import RedisRateLimiter
 
 pytestmark = pytest.mark.anyio
 Until = Callable[..., Awaitable[Any]]  # the `until` fixture of tests/state/conftest.py
@@ -149,3 +152,15 @@ async def test_an_unreachable_cluster_is_reported_and_writes_fail_cleanly(caplog
         with pytest.raises(StateUnavailable):
             await state.use_assertion_jti("keyed-bot", "nowhere", time.time() + 60)
     assert not [r for r in caplog.records if r.exc_info], "an outage is not an unexpected failure"
+
+
+async def test_rate_limits_are_counted_on_every_topology_many_keys_at_once(url: str) -> None:
+    # Concurrent checks go to Redis as one pipeline: on Cluster their keys fall into many slots and nodes.
+    limiter = RedisRateLimiter(url)
+    try:
+        keys = [f"route:agent:bot-{n}" for n in range(200)]
+        verdicts = await asyncio.gather(*(limiter.check(key, RateLimit(1, 60)) for key in keys * 2))
+        assert [v.allowed for v in verdicts] == [True] * 200 + [False] * 200
+        assert not any(v.degraded for v in verdicts) and limiter.problem() is None
+    finally:
+        await limiter.aclose()
