@@ -222,6 +222,9 @@ def cmd_keys_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_ACTIVATE_IN = 7 * 86400
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from gateway.issuer.keys import KeyStore, KeyStoreError, generate_key, prune_keys, rotate_keys, utc_text
 
@@ -231,6 +234,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
     algorithm = getattr(args, "algorithm", None) or config.issuer.algorithm  # only generate and rotate take one
     delay = getattr(args, "activate_in", None)
     activate_in = 0.0 if delay is None else _duration(delay, "--activate-in")
+    if activate_in > MAX_ACTIVATE_IN:
+        # A key dated far ahead is trusted at once but would sign only then: almost surely a typo in the unit.
+        _fail(f"--activate-in {delay}: at most 7d; the key is published at once and must start signing soon", 2)
     role = (
         (
             "now the active signing key"

@@ -151,11 +151,12 @@ class Gateway:
             log.info("signing keys reloaded: active kid %s, %d keys", self.keys.active.kid, len(self.keys.keys))
 
     def degradable(self) -> frozenset[str]:
-        """Checks whose failure leaves the gateway serving: on its last known revocations and counting rate limits
-        per process while Redis is away. In strict mode (audit.on_failure: deny) it refuses instead, so none are."""
+        """Checks whose failure leaves the gateway serving: on its last known revocations, counting rate limits per
+        process, and (audit.on_failure: spool, availability chosen over the record) even with events it cannot
+        keep, which /readyz and the audit metrics still report. In strict mode it refuses instead: none are."""
         if self.loaded.config.audit.on_failure == "deny":
             return frozenset()
-        return frozenset({"state", "rate_limits", "redis"})
+        return frozenset({"state", "rate_limits", "redis", "audit"})
 
     async def readiness(self) -> dict[str, object]:
         async def keys() -> str | None:

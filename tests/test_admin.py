@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import httpx2
 import pytest
 
 from gateway.admin import ReadinessCheck, admin_app
+from gateway.config import Config
+from gateway.serve import Gateway
 
 
 def check(problem: str | None) -> ReadinessCheck:
@@ -46,3 +49,12 @@ def test_readiness_with_and_without_tolerating_degradation(
 ):
     assert readyz(problems, degradable) == plain
     assert readyz(problems, degradable, "?degraded=ok") == tolerant
+
+
+@pytest.mark.parametrize(
+    ("on_failure", "degradable"),
+    [("spool", {"state", "rate_limits", "redis", "audit"}), ("deny", set())],
+)
+def test_what_a_degraded_gateway_still_serves_depends_on_strict_mode(on_failure: str, degradable: set[str]):
+    config = Config.model_validate({"audit": {"on_failure": on_failure}})
+    assert Gateway.degradable(SimpleNamespace(loaded=SimpleNamespace(config=config))) == degradable  # type: ignore[arg-type]

@@ -898,5 +898,6 @@ def test_keys_rotate_activate_in_publishes_now_and_says_when_it_signs(project: P
     assert "published now, signs from " in result.out
     listing = tollbooth(project.dir, "keys", "list", "--config", str(project.config)).out.splitlines()
     assert "pending, signs from " in listing[0] and listing[1].startswith("* ") and listing[1].endswith("active")
-    bad = tollbooth(project.dir, "keys", "rotate", "--activate-in", "soon", "--config", str(project.config))
-    assert bad.code == 2 and "--activate-in" in bad.err
+    for nonsense in ("soon", "8d", "9999999999999999999999999s"):
+        bad = tollbooth(project.dir, "keys", "rotate", "--activate-in", nonsense, "--config", str(project.config))
+        assert bad.code == 2 and "--activate-in" in bad.err and "Traceback" not in bad.err
