@@ -10,8 +10,9 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -217,18 +218,28 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
         else:
             inflight.cancel()  # the fetching task was cancelled (or the process is stopping): waiters fetch anew
 
-    def _refresh_early(self, current: Token, inflight: Future[Token]) -> None:
+    @contextmanager
+    def _fetching(self, inflight: Future[Token]) -> Iterator[Callable[[Token], Token]]:
+        """For the caller that runs the fetch: `done(token)` hands the token to every waiter; an error raised
+        inside reaches them too (a cancellation sends them to fetch anew)."""
+
+        def done(token: Token) -> Token:
+            self._settle(inflight, token, None)
+            return token
+
         try:
-            token = self._session.run(self._fetch(current))
-        except TollboothError as exc:
-            self._next_refresh_attempt = time.time() + REFRESH_RETRY_SECONDS
-            log.warning("early token refresh failed, keeping the current token: %s", exc)
-            self._settle(inflight, None, exc)
-            return
+            yield done
         except BaseException as exc:
             self._settle(inflight, None, exc)
             raise
-        self._settle(inflight, token, None)
+
+    def _refresh_early(self, current: Token, inflight: Future[Token]) -> None:
+        try:
+            with self._fetching(inflight) as done:
+                done(self._session.run(self._fetch(current)))
+        except TollboothError as exc:
+            self._next_refresh_attempt = time.time() + REFRESH_RETRY_SECONDS
+            log.warning("early token refresh failed, keeping the current token: %s", exc)
 
     def _sync_token(self, stale: str | None = None) -> Token:
         while True:
@@ -237,13 +248,8 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
                 return token
             assert inflight is not None
             if owner:
-                try:
-                    token = self._session.run(self._fetch(self._token))
-                except BaseException as exc:
-                    self._settle(inflight, None, exc)
-                    raise
-                self._settle(inflight, token, None)
-                return token
+                with self._fetching(inflight) as done:
+                    return done(self._session.run(self._fetch(self._token)))
             try:
                 return inflight.result()
             except CancelledError:
@@ -256,13 +262,8 @@ class TollboothAuth(*_AUTH_BASES):  # type: ignore[misc]
                 return token
             assert inflight is not None
             if owner:
-                try:
-                    token = await self._session.arun(self._fetch(self._token))
-                except BaseException as exc:
-                    self._settle(inflight, None, exc)
-                    raise
-                self._settle(inflight, token, None)
-                return token
+                with self._fetching(inflight) as done:
+                    return done(await self._session.arun(self._fetch(self._token)))
             # Shielded: cancelling this caller must not cancel the fetch others wait for. The fetch may run in a
             # thread or another event loop; wrap_future crosses over safely.
             try:
