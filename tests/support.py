@@ -42,6 +42,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         time.sleep(0.02)
 
 
+def wait_answering(url: str, what: str, timeout: float = 20.0) -> None:
+    """Poll GET `url` until it answers 200 (a /healthz or /readyz of a process still starting)."""
+
+    def answering() -> bool:
+        try:
+            return httpx2.get(url, timeout=1).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    wait_until(answering, timeout=timeout, what=what)
+
+
 @dataclass
 class Seen:
     method: str

@@ -31,6 +31,7 @@ from support import (
     Upstream,
     start_gateway,
     start_upstream,
+    wait_answering,
     wait_until,
     write_public_route_config,
 )
@@ -259,14 +260,7 @@ def test_workers_drain_in_flight_requests_when_the_whole_group_gets_sigterm(slow
 
     thread = threading.Thread(target=call)
     try:
-
-        def up() -> bool:
-            try:
-                return httpx2.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200
-            except httpx2.TransportError:
-                return False
-
-        wait_until(up, timeout=20, what="a worker ready")
+        wait_answering(f"http://127.0.0.1:{admin}/readyz", "a worker ready")
         # Both workers, not just the one that answered: each has its signal handlers in place once it logs this.
         workers = wait_until(
             lambda: (

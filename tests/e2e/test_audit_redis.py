@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx2
 import redis
-from support import Gateway, RedisServer, Upstream, start_gateway, wait_until
+from support import Gateway, RedisServer, Upstream, start_gateway, wait_answering, wait_until
 
 STREAM = "tollbooth:audit"
 
@@ -92,14 +92,7 @@ def relaunch(gw: Gateway, *args: str) -> None:
         stdout=subprocess.DEVNULL,
         stderr=open(gw.dir / "gateway-2.log", "wb"),  # noqa: SIM115
     )
-
-    def alive() -> bool:
-        try:
-            return httpx2.get(f"{gw.admin_url}/healthz", timeout=1).status_code == 200
-        except httpx2.TransportError:
-            return False
-
-    wait_until(alive, timeout=20, what="the relaunched gateway")
+    wait_answering(f"{gw.admin_url}/healthz", "the relaunched gateway")
 
 
 def test_allow_and_deny_events_have_the_contract_fields_and_no_secret(

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2
 import pytest
 import redis
-from support import DEFAULT_ROUTES, Gateway, RedisServer, Upstream, free_port, start_gateway, wait_until
+from support import DEFAULT_ROUTES, Gateway, RedisServer, Upstream, free_port, start_gateway, wait_answering, wait_until
 from token_support import SecretAgent, TestIdP, assert_oauth_error, exchanged, proxy_get, refused_at_proxy, user_token
 
 ASSISTANT = SecretAgent("assistant", "assistant-s3cret")
@@ -141,14 +141,7 @@ def test_the_workers_of_one_gateway_share_one_budget_through_redis(
         stderr=open(tmp_path / "workers.log", "wb"),  # noqa: SIM115
     )
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx2.get(f"{gateway.admin_url}/readyz", timeout=1).status_code == 200
-            except httpx2.TransportError:
-                return False
-
-        wait_until(ready, timeout=20, what="two workers ready")
+        wait_answering(f"{gateway.admin_url}/readyz", "two workers ready")
         bearer = {"Authorization": f"Bearer {gateway.mint('crm.read')}"}
         statuses: list[int] = []
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import httpx2
-from support import Upstream, wait_until, write_public_route_config
+from support import Upstream, wait_answering, wait_until, write_public_route_config
 
 
 def test_two_workers_serve_share_metrics_and_stop_on_sigterm(upstream: Upstream, tmp_path):
@@ -22,14 +22,7 @@ def test_two_workers_serve_share_metrics_and_stop_on_sigterm(upstream: Upstream,
         stderr=open(tmp_path / "log", "wb"),  # noqa: SIM115
     )
     try:
-
-        def up() -> bool:
-            try:
-                return httpx2.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200
-            except httpx2.TransportError:
-                return False
-
-        wait_until(up, timeout=20, what="workers ready")
+        wait_answering(f"http://127.0.0.1:{admin}/readyz", "workers ready")
         # Fresh connections are spread over the workers by the kernel; every one must be answered.
         for _ in range(40):
             assert httpx2.get(f"http://127.0.0.1:{proxy}/status").status_code == 200
