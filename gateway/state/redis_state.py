@@ -52,6 +52,9 @@ log = logging.getLogger("tollbooth.state")
 _RECONNECT_MIN = 0.1  # seconds; doubled per failed attempt up to `reconnect_max`
 
 
+MAX_CONNECTIONS = 1024  # per process, per node
+
+
 def redis_client(url: str) -> AsyncClient:
     """The client for shared state at `redis.url`: one server, a Sentinel-managed master or a Cluster (see
     gateway.redis_url for the URL forms).
@@ -66,6 +69,9 @@ def redis_client(url: str) -> AsyncClient:
         socket_keepalive=True,
         health_check_interval=10,  # the idle subscription PINGs, so a dead peer is noticed
         retry=Retry(NoBackoff(), 0),
+        # redis-py's default of 100 fails the 101st concurrent command at once (MaxConnectionsError): a burst at
+        # the token endpoint would answer 503 with Redis idle. Redis takes 10,000 clients by default.
+        max_connections=MAX_CONNECTIONS,
     )
 
 

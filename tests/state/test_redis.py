@@ -267,3 +267,11 @@ async def test_every_growing_key_has_a_ttl(redis_server: RedisServer, states: An
     assert 355 < ttls["tollbooth:revoked:jtis"] <= 360  # the latest revoked jti's exp (+60) + retention
     assert 3890 < ttls["tollbooth:family:f1"] <= 3900 and 3890 < ttls[f"tollbooth:refresh:{H1}"] <= 3900
     assert all(ttl > 0 for ttl in ttls.values())
+
+
+async def test_hundreds_of_concurrent_writes_wait_for_a_connection_rather_than_fail(states: Any) -> None:
+    # A burst at the token endpoint: more writes at once than redis-py's default pool (100) holds.
+    state = await states(start=False)
+    expires = time.time() + 60
+    accepted = await asyncio.gather(*(state.use_assertion_jti("bot", f"j{n}", expires) for n in range(300)))
+    assert accepted == [True] * 300
