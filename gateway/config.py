@@ -747,6 +747,12 @@ def _load_routes_file(routes_path: Path, env: dict[str, str], problems: list[str
         return []
 
 
+def _absolute(path: Path) -> Path:
+    """Absolute, but symlinks kept: in a Kubernetes ConfigMap `routes.yaml` is a link into a timestamped directory
+    that the next update deletes. Its name is what stays valid (and what errors should show)."""
+    return Path(os.path.abspath(path))
+
+
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
     """Read, expand and validate a config (and its routes file); raise ConfigError naming every problem."""
     path = Path(path)
@@ -770,7 +776,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     routes_path: Path | None = None
     file_routes: list[RouteConfig] = []
     if isinstance(data.get("routes_file"), str) and data["routes_file"]:
-        routes_path = (path.parent / data["routes_file"]).resolve()
+        routes_path = _absolute(path.parent / data["routes_file"])
         sources.append(routes_path)
         try:
             file_routes = _load_routes_file(routes_path, env, problems)
@@ -816,7 +822,7 @@ def _resolve_agent_keys(config: Config, path: Path, problems: list[str]) -> dict
     for name, agent in config.agents.items():
         jwks = agent.jwks
         if agent.jwks_file is not None:
-            key_file = (path.parent / agent.jwks_file).resolve()
+            key_file = _absolute(path.parent / agent.jwks_file)
             try:
                 text = key_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:

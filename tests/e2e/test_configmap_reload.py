@@ -108,6 +108,8 @@ def test_invalid_configmap_edit_keeps_last_good_config_and_a_fix_still_applies(
 
     rejected = gw.wait_audit(lambda e: e["event"] == "config.rejected", what="the broken edit rejected")
     assert "methds" in rejected["reason"]
+    # The error names the file as the operator knows it, not the kubelet's timestamped directory.
+    assert str(volume.root / "routes.yaml") in rejected["reason"] and "..20" not in rejected["reason"]
     same_process(gw, rejected)
     assert status_with(gw, reader) == 200  # the last good rule (crm.read) is still in force
 
