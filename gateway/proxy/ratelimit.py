@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from gateway.config import RateLimit
 from gateway.principal import Principal
 from gateway.state.gcra import RateVerdict
+from gateway.state.ratelimit import address_key
 
 _WINDOW_NAMES = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 
@@ -41,7 +42,7 @@ def limit_key(route: str, principal: Principal | None, client_address: str, own_
     A trusted identity provider's client ids are its own namespace: its `billing-bot` is not ours, and must not
     spend our agent's budget (the issuer is hashed to keep the key short and free of ':')."""
     if principal is None:
-        return f"{route}:ip:{client_address}"
+        return address_key(route, client_address)
     if principal.issuer == own_issuer:
         return f"{route}:agent:{principal.agent}"
     issuer = hashlib.sha256(principal.issuer.encode()).hexdigest()[:16]

@@ -60,6 +60,16 @@ return {1, 0, math.floor((burst - ahead - interval) / interval)}
 """
 
 
+def address_key(route: str, address: str) -> str:
+    """The budget of a client address on a public route. Made here, beside the check that tells such keys from
+    agents' (`route:agent:…`, `route:iss:…`), so the format has one owner. Route names hold no ':' (config)."""
+    return f"{route}:ip:{address}"
+
+
+def _is_address_key(key: str) -> bool:
+    return key.partition(":")[2].startswith("ip:")
+
+
 class RateLimiter(Protocol):
     store: str  # for the metric: where budgets are counted while all is well ("redis", "memory")
 
@@ -100,7 +110,7 @@ class LocalRateLimiter:
 
     def check_now(self, key: str, limit: RateLimit) -> RateVerdict:
         now = int(self._clock() * MICROSECONDS)
-        tats = self._addresses if key.partition(":")[2].startswith("ip:") else self._agents
+        tats = self._addresses if _is_address_key(key) else self._agents
         verdict, new_tat = gcra(tats.get(key), now, limit)
         if new_tat is not None:
             tats[key] = new_tat
