@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.hosts import parse_authority
 from gateway.redis_url import parse_redis_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -129,6 +130,24 @@ def _http_url(value: Any) -> str:
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 
 
+def _allowed_host(value: Any) -> str:
+    text = str(value)
+    if text == "*" or text.startswith("*."):
+        # No wildcard: it would switch the DNS-rebinding check off for every name an attacker can point here.
+        raise ValueError(f"{text!r}: no wildcards; list each name the gateway is reached by")
+    if "://" in text:
+        raise ValueError(f"{text!r}: write the host (and port), not a URL: {urlsplit(text).netloc or 'gw.example.com'}")
+    if not text.isascii() or parse_authority(text.encode("ascii")) is None:
+        raise ValueError(
+            f"{text!r} is not a host or host:port (gw.example.com, gw.example.com:8443, 10.0.0.7, [::1]:8080; "
+            "IDNA names as xn--)"
+        )
+    return text
+
+
+AllowedHost = Annotated[str, BeforeValidator(_allowed_host)]
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -142,6 +161,26 @@ class ProxyConfig(Model):
     max_headers: int = Field(default=100, gt=0)
     clock_leeway: Duration = 30
     trust_forwarded_for: bool = False
+    allowed_hosts: list[AllowedHost] = Field(
+        default_factory=list,
+        description=(
+            "Host/Origin names accepted besides public_url's own (DNS rebinding): `name` on any port, `name:port` "
+            "on that one; loopback names are added when listening on loopback"
+        ),
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_authority(cls, url: str) -> str:
+        # Host and Origin are compared with it (gateway.hosts): its host must be one a browser can send.
+        netloc = urlsplit(url).netloc
+        try:
+            parsed = parse_authority(netloc.encode("idna"))
+        except UnicodeError:
+            parsed = None
+        if parsed is None:
+            raise ValueError(f"{url!r}: the host must be a DNS name or an IP address (IPv6 in brackets)")
+        return url
 
 
 class IssuerConfig(Model):

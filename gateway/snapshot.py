@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import Config, UpstreamConfig
+from gateway.hosts import AllowedHosts, allowed_hosts
 from gateway.issuer.keys import SigningKey
 from gateway.proxy.authorize import RouteTable
 from gateway.proxy.errors import resource_metadata_url
@@ -105,6 +106,7 @@ class Snapshot:
     resource_metadata_url: str
     public_scheme: bytes
     public_host: bytes
+    allowed_hosts: AllowedHosts
     leases: Leases
     parts: tuple[object, ...] = ()
 
@@ -158,6 +160,7 @@ def build_snapshot(
         resource_metadata_url=resource_metadata_url(config.proxy.public_url),
         public_scheme=public.scheme.encode("ascii"),
         public_host=public.netloc.encode("idna"),
+        allowed_hosts=allowed_hosts(config.proxy.public_url, config.proxy.listen, config.proxy.allowed_hosts),
         leases=leases,
     )
 

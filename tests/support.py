@@ -282,6 +282,9 @@ def start_gateway(
             "listen": f"127.0.0.1:{proxy_port}",
             "public_url": f"http://127.0.0.1:{proxy_port}",
             "max_body_bytes": 65536,
+            # The Host names the raw-socket tests send (`Host: x`, test_attacks' `tollbooth.test`): the gateway
+            # answers only for the names it is told are its own (gateway/hosts.py).
+            "allowed_hosts": ["x", "tollbooth.test"],
         },
         "issuer": {
             "listen": f"127.0.0.1:{issuer_port}",

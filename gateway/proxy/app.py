@@ -42,9 +42,11 @@ _WELL_KNOWN = "/.well-known/oauth-protected-resource"
 class RequestHead:
     """What the pipeline reads from the request's header section, in one pass, and any framing problem."""
 
-    __slots__ = ("traceparent", "tracestate", "request_id", "content_length", "chunked", "problem")
+    __slots__ = ("traceparent", "tracestate", "request_id", "content_length", "chunked", "host", "origin", "problem")
 
     def __init__(self) -> None:
+        self.host: bytes | None = None
+        self.origin: bytes | None = None
         self.traceparent: bytes | None = None
         self.tracestate: bytes | None = None
         self.request_id: bytes | None = None
@@ -76,6 +78,10 @@ def scan_head(headers: Iterable[tuple[bytes, bytes]], http_version: str) -> Requ
             head.chunked = True
         elif name == b"host":
             hosts += 1
+            # Two Hosts (allowed by HTTP/1.0 framing) are no Host: b"" is malformed.
+            head.host = b"" if head.host is not None else value
+        elif name == b"origin":
+            head.origin = b"" if head.origin is not None else value
     if hosts != 1 and http_version == "1.1":
         # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without exactly one Host.
         head.problem = "an HTTP/1.1 request needs exactly one Host header"
@@ -152,6 +158,11 @@ class ProxyApp:
         method = event.method
         if head.problem is not None:
             await self._deny(send, crossing, 400, "invalid_request", head.problem, reason="bad_request")
+            return
+        # DNS rebinding: a Host or Origin we do not answer for is refused before any other step, on every path.
+        refused = snap.allowed_hosts.refusal(head.host, head.origin)
+        if refused is not None:
+            await self._deny(send, crossing, refused.status, refused.error, refused.description, reason=refused.reason)
             return
         try:
             path = normalize_path(raw_path)

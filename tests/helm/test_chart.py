@@ -91,7 +91,11 @@ SECRET_STAND_INS = {"BILLING_BOT_SECRET_HASH": PasswordHasher().hash("stand-in")
 
 def container_env(values: dict[str, Any], component: str) -> dict[str, str]:
     """The environment the chart gives a container, with stand-ins for what comes from Secrets."""
-    env = {"TOLLBOOTH_ADMIN_PORT": str(values["adminPorts"][component])}
+    env = {
+        "TOLLBOOTH_ADMIN_PORT": str(values["adminPorts"][component]),
+        "TOLLBOOTH_PROXY_SERVICE": "tollbooth-proxy",
+        "TOLLBOOTH_NAMESPACE": "default",
+    }
     if values["redis"]["existingSecret"] or values["redis"]["url"]:
         env["REDIS_URL"] = values["redis"]["url"] or "redis://redis.example:6379/0"
     for entry in values.get("secretEnv", []):
@@ -325,6 +329,27 @@ def test_each_container_serves_its_listener_and_its_own_admin_listener(container
     ]
     admin_env = next(e for e in container["env"] if e["name"] == "TOLLBOOTH_ADMIN_PORT")
     assert admin_env["value"] == "<<index $root.Values.adminPorts $component | quote>>", "the port it listens on"
+
+
+def test_default_allowed_hosts_are_the_proxy_services_names_in_the_pods_namespace(
+    values: dict[str, Any], container: dict[str, Any]
+):
+    # In-cluster callers send the Service's name as Host; the DNS-rebinding check must know it (gateway/hosts.py).
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        env["TOLLBOOTH_PROXY_SERVICE"]["value"]
+        == '<<include "tollbooth.partName" (dict "root" $root "part" "proxy") | quote>>'
+    )
+    assert env["TOLLBOOTH_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert 'include "tollbooth.partName" (dict "root" $ "part" $component)' in (TEMPLATES / "services.yaml").read_text()
+    service = "${TOLLBOOTH_PROXY_SERVICE}"
+    namespaced = service + ".${TOLLBOOTH_NAMESPACE}"
+    assert values["config"]["proxy"]["allowed_hosts"] == [
+        service,
+        namespaced,
+        namespaced + ".svc",
+        namespaced + ".svc.cluster.local",
+    ]
 
 
 def test_liveness_is_healthz_and_readiness_is_readyz_on_the_containers_admin_port(container: dict[str, Any]):

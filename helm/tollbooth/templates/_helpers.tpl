@@ -83,6 +83,13 @@ app.kubernetes.io/component: {{ .part }}
   env:
     - name: TOLLBOOTH_ADMIN_PORT
       value: {{ index $root.Values.adminPorts $component | quote }}
+    # config.proxy.allowed_hosts reads these: the names in-cluster callers give the proxy Service.
+    - name: TOLLBOOTH_PROXY_SERVICE
+      value: {{ include "tollbooth.partName" (dict "root" $root "part" "proxy") | quote }}
+    - name: TOLLBOOTH_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
     {{- if $root.Values.redis.existingSecret }}
     - name: REDIS_URL
       valueFrom:
