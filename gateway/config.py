@@ -147,6 +147,19 @@ def _allowed_host(value: Any) -> str:
 
 AllowedHost = Annotated[str, BeforeValidator(_allowed_host)]
 
+# RFC 9110 §5.6.2 token: what a field name may be.
+_FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _header_name(value: Any) -> str:
+    text = str(value)
+    if not _FIELD_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a header name (letters, digits and !#$%&'*+.^_`|~- only)")
+    return text.lower()
+
+
+HeaderName = Annotated[str, BeforeValidator(_header_name)]
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -166,6 +179,13 @@ class ProxyConfig(Model):
         description=(
             "Host/Origin names accepted besides public_url's own (DNS rebinding): `name` on any port, `name:port` "
             "on that one; loopback names are added when listening on loopback"
+        ),
+    )
+    strip_headers: list[HeaderName] = Field(
+        default_factory=list,
+        description=(
+            "more incoming request headers never forwarded upstream, beside the built-in list of client-address, "
+            "host, URL, method and identity override headers (which cannot be removed)"
         ),
     )
 

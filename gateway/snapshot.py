@@ -107,6 +107,7 @@ class Snapshot:
     public_scheme: bytes
     public_host: bytes
     allowed_hosts: AllowedHosts
+    strip_headers: frozenset[bytes]
     leases: Leases
     parts: tuple[object, ...] = ()
 
@@ -161,6 +162,7 @@ def build_snapshot(
         public_scheme=public.scheme.encode("ascii"),
         public_host=public.netloc.encode("idna"),
         allowed_hosts=allowed_hosts(config.proxy.public_url, config.proxy.listen, config.proxy.allowed_hosts),
+        strip_headers=frozenset(name.encode("ascii") for name in config.proxy.strip_headers),
         leases=leases,
     )
 

@@ -270,6 +270,7 @@ class ProxyApp:
             public_host=snap.public_host,
             upstream_host=upstream.host,
             trust_forwarded=snap.config.proxy.trust_forwarded_for,
+            strip=snap.strip_headers,
         )
         query: bytes = scope.get("query_string", b"")
         target = upstream.base_path + raw_path + (b"?" + query if query else b"")

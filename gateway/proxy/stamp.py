@@ -22,9 +22,6 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 
-# Spoofing: only the gateway speaks for the caller's identity upstream (DESIGN.md, "What the proxy stamps").
-_TOLLBOOTH_PREFIX = b"x-tollbooth-"
-
 # Incoming request headers never copied upstream. Those the gateway writes itself (trace, request id) are in
 # here too, so the ones it adds are the only ones the upstream sees.
 _REQUEST_DROP = HOP_BY_HOP | {
@@ -32,25 +29,78 @@ _REQUEST_DROP = HOP_BY_HOP | {
     # for the gateway's audience must not reach another service); the upstream gets its own, from config.
     b"authorization",
     b"proxy-authorization",
-    # Would let an allowed GET become a DELETE upstream, behind the authorizer's back.
-    b"x-http-method-override",
-    b"x-http-method",
-    b"x-method-override",
-    # Path overrides: IIS, Symfony and Zend route by these, which would reach a path the authorizer never saw.
-    b"x-original-url",
-    b"x-original-uri",
-    b"x-rewrite-url",
     b"traceparent",
     b"tracestate",
     b"x-request-id",
     # The gateway does not relay 100-continue (RFC 9110 §10.1.1): the upstream must not wait for it.
     b"expect",
 }
+
+# Headers that web frameworks, CDNs and load balancers let override what the request *is*: its method, its
+# URL, its host or scheme, or who sent it. Each is honoured by some stack behind a proxy that is trusted to set
+# it, so from an agent each would make the upstream act on a request the authorizer never saw, or believe an
+# identity or address the gateway never vouched for. Always dropped; `proxy.strip_headers` adds names.
+# docs/configuration.md lists them for users: keep the two in step (tests/test_docs.py checks).
+SPOOFABLE_REQUEST_HEADERS = frozenset(
+    {
+        # Method override (Rails, Laravel, Symfony, Express method-override, ASP.NET, Google APIs): an allowed
+        # POST would become a DELETE upstream.
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        # URL rewrites honoured by IIS/ARR, Symfony, Zend/Laminas, nginx setups and Azure App Service: a path the
+        # authorizer never matched.
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-original-path",
+        b"x-envoy-original-path",
+        b"x-waws-unencoded-url",
+        # Host and scheme overrides (Symfony, Django/Flask middlewares, Rack, Tomcat RemoteIpValve, IIS ARR): the
+        # links, redirects and tenant an upstream derives from the host. X-Forwarded-* is rewritten below.
+        b"x-host",
+        b"x-http-host-override",
+        b"x-original-host",
+        b"x-forwarded-server",
+        b"front-end-https",
+        b"x-url-scheme",
+        b"x-scheme",
+        b"x-arr-ssl",
+        # Identity asserted by an authenticating proxy in front of the upstream (Apache/nginx REMOTE_USER,
+        # oauth2-proxy, Google IAP, Azure App Service Easy Auth, AWS ALB OIDC, Pomerium): only the gateway's
+        # X-Tollbooth-* speak for the caller.
+        b"remote-user",
+        b"x-remote-user",
+        b"x-remote-group",
+        b"x-webauth-user",
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-groups",
+        b"x-forwarded-preferred-username",
+        b"x-forwarded-access-token",
+    }
+)
+# Families spelled by prefix: Envoy trusts x-envoy-* control headers from callers it deems internal; the
+# authenticating proxies above each use a prefix of their own.
+SPOOFABLE_REQUEST_PREFIXES = (
+    b"x-tollbooth-",
+    b"x-envoy-",
+    b"x-amzn-oidc-",
+    b"x-goog-iap-",
+    b"x-goog-authenticated-user-",
+    b"x-ms-client-principal",
+    b"x-ms-token-",
+    b"x-auth-request-",
+    b"x-pomerium-",
+)
+
 # Headers describing the client's view of the connection: read, then rewritten by the gateway (with Host).
 # Every X-Forwarded-* counts (-Port, -Prefix, -Ssl, ...), and so do the client-address headers that upstreams
-# log or rate-limit by: from an untrusted caller, each would let it choose what the upstream believes.
+# log, rate-limit or allow-list by (Cloudflare, Akamai, Fastly, F5, WebLogic, Azure, App Engine, Envoy, Rack,
+# Spring, Tomcat): from an untrusted caller, each would let it choose what the upstream believes. Kept, as a
+# trusted proxy's, only with proxy.trust_forwarded_for.
 _FORWARDED_PREFIX = b"x-forwarded-"
-_FORWARDED = frozenset(
+CLIENT_ADDRESS_HEADERS = frozenset(
     {
         b"x-forwarded-for",
         b"x-forwarded-proto",
@@ -59,9 +109,26 @@ _FORWARDED = frozenset(
         b"x-real-ip",
         b"true-client-ip",
         b"x-client-ip",
+        b"client-ip",
+        b"cf-connecting-ip",
+        b"cf-connecting-ipv6",
+        b"cf-pseudo-ipv4",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-proxyuser-ip",
+        b"wl-proxy-client-ip",
+        b"proxy-client-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-azure-clientip",
+        b"x-azure-socketip",
+        b"x-appengine-user-ip",
+        b"x-original-forwarded-for",
     }
 )
-_REQUEST_OWNED = _REQUEST_DROP | _FORWARDED | {b"host"}
+_FORWARDED = CLIENT_ADDRESS_HEADERS
+_REQUEST_OWNED = _REQUEST_DROP | _FORWARDED | SPOOFABLE_REQUEST_HEADERS | {b"host"}
 
 # Dropped from upstream responses besides hop-by-hop: the gateway sets its own (DESIGN.md: echoed to the agent).
 # The upstream's Date goes too: the server adds its own to every response, and two Date fields are invalid.
@@ -165,13 +232,16 @@ def upstream_request_headers(
     public_host: bytes,
     upstream_host: bytes,
     trust_forwarded: bool = False,
+    strip: frozenset[bytes] = frozenset(),
 ) -> list[tuple[bytes, bytes]]:
     """The request headers sent upstream: the agent's, minus what must not pass, plus the gateway's own.
 
     Removed: Authorization and Proxy-Authorization (the agent's token never leaves the gateway), hop-by-hop
     headers and those named in Connection (RFC 9110 §7.6.1), Host, every X-Tollbooth-*, method-override
-    headers, Expect, the caller's traceparent/tracestate/X-Request-Id, and any header an injected credential
-    replaces. Cookies pass: the upstream may rely on them, and they are the caller's, not ours.
+    headers, Expect, the caller's traceparent/tracestate/X-Request-Id, any header an injected credential
+    replaces, the method, URL, host and identity overrides of SPOOFABLE_REQUEST_HEADERS and
+    SPOOFABLE_REQUEST_PREFIXES, and the operator's `strip` names (proxy.strip_headers, lower-case). Cookies
+    pass: the upstream may rely on them, and they are the caller's, not ours.
 
     Added after the stripping, from the gateway's own values, so naming them in Connection has no effect:
     Host (`upstream_host`), the injected credentials, identity (only with a principal: a public route without
@@ -197,9 +267,9 @@ def upstream_request_headers(
             # CGI, WSGI and PHP servers read X_Tollbooth_Agent as X-Tollbooth-Agent: judge it as they will.
             name = name.replace(b"_", b"-")
         if name in _REQUEST_OWNED or name.startswith(_FORWARDED_PREFIX):
-            if name in _FORWARDED or name.startswith(_FORWARDED_PREFIX):
+            if name in _FORWARDED or (name.startswith(_FORWARDED_PREFIX) and name not in SPOOFABLE_REQUEST_HEADERS):
                 forwarded.append((name, header[1]))
-        elif not (name in named or name in replaced or name.startswith(_TOLLBOOTH_PREFIX)):
+        elif not (name in named or name in replaced or name in strip or name.startswith(SPOOFABLE_REQUEST_PREFIXES)):
             kept.append(header)
 
     kept += injected
