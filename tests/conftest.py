@@ -3,6 +3,7 @@
 import os
 
 from hypothesis import settings
+from raw_http import watch  # noqa: F401
 from support import gateway, redis_server, upstream  # noqa: F401  (pytest finds fixtures by name)
 from token_support import idp  # noqa: F401
 
