@@ -307,6 +307,10 @@ class UpstreamConfig(Model):
     timeout: Duration = 30
     connect_timeout: Duration = 5
     max_connections: int = Field(default=256, gt=0)
+    # Past either limit the response is a 502 to the agent, never relayed. Real APIs stay far below both (nginx
+    # refuses an upstream head over 4-8 KiB by default); the limits bound what a hostile upstream makes us hold.
+    max_response_header_bytes: int = Field(default=65536, ge=1024)
+    max_response_headers: int = Field(default=256, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("headers")

@@ -22,6 +22,10 @@ Timeouts (UpstreamConfig):
 - `timeout` bounds each wait on the upstream: for a free connection when the pool is at `max_connections`, for the
   upstream to take more of the request body, for the response headers once the request is sent, and between two
   pieces of the response body. Time spent waiting on the agent's own request body is not counted.
+Limits (UpstreamConfig): a response whose header section (interim responses included) has more than
+`max_response_headers` fields or `max_response_header_bytes` bytes, or whose status is outside 100-599, is
+refused as malformed: nothing of it reaches the agent.
+
 Connect refused, reset, DNS or TLS failure → UpstreamError(502, "upstream_unreachable"); any timeout →
 UpstreamError(504, "upstream_timeout"); a malformed or truncated response → UpstreamError(502,
 "upstream_protocol_error").
@@ -111,6 +115,8 @@ class _Connection(asyncio.Protocol):
         "transport",
         "_waiter",
         "_headers",
+        "_head_bytes",
+        "_head_fields",
         "status",
         "_chunks",
         "_buffered",
@@ -137,6 +143,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0  # of this response's header sections, interim ones included
+        self._head_fields = 0
         self.status = 0
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -162,6 +170,8 @@ class _Connection(asyncio.Protocol):
             self._parser = HttpResponseParser(self)
             self._parser_spent = False
         self._headers = []
+        self._head_bytes = 0
+        self._head_fields = 0
         self.status = 0
         if self._chunks:
             self._chunks.clear()  # the unread rest of the previous (complete) response
@@ -286,6 +296,16 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.headers_complete:
             return  # trailer fields: not forwarded
+        # The limits count interim (1xx) responses too, so a stream of 103s cannot grow without end either.
+        self._head_bytes += len(name) + len(value) + 4
+        self._head_fields += 1
+        pool = self._pool
+        if self._head_bytes > pool.max_head_bytes or self._head_fields > pool.max_head_fields:
+            self.error = (
+                f"sent a response header section over its limits ({pool.max_head_fields} fields, "
+                f"{pool.max_head_bytes} bytes: max_response_headers, max_response_header_bytes)"
+            )
+            raise _StopParsing
         name = name.lower()
         if name == b"content-length" or name == b"transfer-encoding":
             self._framed = True
@@ -293,6 +313,11 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            # llhttp takes any three digits. RFC 9110 §15 defines 1xx-5xx; anything else is no answer we can relay,
+            # and the agent (and the audit) must see our 502, not a status its HTTP stack may choke on.
+            self.error = f"sent status {status}, outside 100-599"
+            raise _StopParsing
         if 100 <= status < 200:
             if status == 101:
                 # We never ask to switch protocols (stamp.py drops Upgrade): a 101 is not an answer we can relay.
@@ -346,6 +371,8 @@ class _Pool:
         self.timeout = config.timeout
         self.connect_timeout = config.connect_timeout
         self.max_connections = config.max_connections
+        self.max_head_bytes = config.max_response_header_bytes
+        self.max_head_fields = config.max_response_headers
         self.idle: deque[_Connection] = deque()
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self.open = 0  # connections counted against max_connections (idle, busy, or being opened)
