@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser
+from gateway.proxy import stamp
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY = REPO / "gateway"
@@ -390,3 +391,11 @@ def test_every_tollbooth_command_in_the_docs_is_real(doc: Path) -> None:
 def test_the_command_checker_catches_wrong_verbs_and_flags(line: str, expected: list[str]) -> None:
     found = list(problems_in(line, build_parser()))
     assert [problem.split(" (")[0] for problem in found] == expected
+
+
+def test_every_header_the_proxy_strips_is_listed_in_the_configuration_docs() -> None:
+    text = (REPO / "docs" / "configuration.md").read_text()
+    names = [n.decode() for n in stamp.SPOOFABLE_REQUEST_HEADERS | stamp.CLIENT_ADDRESS_HEADERS]
+    names += [p.decode() + "*" for p in stamp.SPOOFABLE_REQUEST_PREFIXES]
+    missing = sorted(name for name in names if f"`{name}`" not in text)
+    assert not missing, f"docs/configuration.md does not list: {missing}"
