@@ -154,5 +154,3 @@ class Watch:
 @pytest.fixture
 def watch(gateway: Gateway, upstream: Upstream) -> Watch:
     return Watch(gateway, upstream)
-
-

@@ -56,11 +56,17 @@ _UPSTREAM_RESPONSES: dict[bytes, bytes] = {
     # Header sections: the default limits are 256 fields and 64 KiB (UpstreamConfig).
     b"/files/many-headers": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + MANY_300 + b"\r\nok",
     b"/files/huge-header": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\nok",
-    b"/files/interim-flood": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n" + b"X-Pad: " + b"p" * 1000
-    + b"\r\n\r\n" * 1 + (b"HTTP/1.1 103 Early Hints\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n") * 80
+    b"/files/interim-flood": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n"
+    + b"X-Pad: "
+    + b"p" * 1000
+    + b"\r\n\r\n" * 1
+    + (b"HTTP/1.1 103 Early Hints\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n") * 80
     + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-    b"/files/under-the-limits": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + MANY_250
-    + b"X-Big: " + b"a" * 40000 + b"\r\n\r\nok",
+    b"/files/under-the-limits": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+    + MANY_250
+    + b"X-Big: "
+    + b"a" * 40000
+    + b"\r\n\r\nok",
     b"/files/interim-then-final": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
     b"Link: </a.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
     # Bodies cut short: the agent must never take them for complete ones.

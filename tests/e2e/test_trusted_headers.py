@@ -71,6 +71,4 @@ def test_a_strip_headers_entry_that_is_no_header_name_stops_the_start(
 ):
     # A typo must not pass as a header that is "stripped" while the real one still reaches the upstream.
     with pytest.raises(AssertionError, match="strip_headers"):
-        start_gateway(
-            tmp_path_factory.mktemp("bad-strip"), upstream.url, extra={"proxy": {"strip_headers": ["X Bad"]}}
-        )
+        start_gateway(tmp_path_factory.mktemp("bad-strip"), upstream.url, extra={"proxy": {"strip_headers": ["X Bad"]}})
