@@ -56,6 +56,9 @@ SPOOFABLE_REQUEST_HEADERS = frozenset(
         b"x-original-path",
         b"x-envoy-original-path",
         b"x-waws-unencoded-url",
+        b"x-override-url",
+        b"x-http-destinationurl",
+        b"x-proxy-url",
         # Host and scheme overrides (Symfony, Django/Flask middlewares, Rack, Tomcat RemoteIpValve, IIS ARR): the
         # links, redirects and tenant an upstream derives from the host. X-Forwarded-* is rewritten below.
         b"x-host",
@@ -66,6 +69,7 @@ SPOOFABLE_REQUEST_HEADERS = frozenset(
         b"x-url-scheme",
         b"x-scheme",
         b"x-arr-ssl",
+        b"cf-visitor",  # Cloudflare's {"scheme": "https"}, read by Rails/Django middlewares as the scheme
         # Identity asserted by an authenticating proxy in front of the upstream (Apache/nginx REMOTE_USER,
         # oauth2-proxy, Google IAP, Azure App Service Easy Auth, AWS ALB OIDC, Pomerium): only the gateway's
         # X-Tollbooth-* speak for the caller.
@@ -78,6 +82,18 @@ SPOOFABLE_REQUEST_HEADERS = frozenset(
         b"x-forwarded-groups",
         b"x-forwarded-preferred-username",
         b"x-forwarded-access-token",
+        # A client certificate verified by a TLS terminator (nginx, HAProxy, IIS ARR, Traefik): mTLS identity.
+        b"ssl-client-cert",
+        b"ssl-client-verify",
+        b"x-ssl-client-cert",
+        b"x-ssl-client-verify",
+        b"x-ssl-client-dn",
+        b"x-ssl-client-s-dn",
+        b"x-client-cert",
+        b"x-client-verify",
+        b"x-arr-clientcert",
+        # Pentesters' classic 403 bypass: some allow-lists read it as the caller's address.
+        b"x-custom-ip-authorization",
     }
 )
 # Families spelled by prefix: Envoy trusts x-envoy-* control headers from callers it deems internal; the
@@ -92,6 +108,8 @@ SPOOFABLE_REQUEST_PREFIXES = (
     b"x-ms-token-",
     b"x-auth-request-",
     b"x-pomerium-",
+    b"x-amzn-mtls-",
+    b"x-appengine-",
 )
 
 # Headers describing the client's view of the connection: read, then rewritten by the gateway (with Host).
@@ -125,6 +143,11 @@ CLIENT_ADDRESS_HEADERS = frozenset(
         b"x-azure-socketip",
         b"x-appengine-user-ip",
         b"x-original-forwarded-for",
+        b"fly-client-ip",
+        b"do-connecting-ip",
+        b"x-vercel-forwarded-for",
+        b"x-nf-client-connection-ip",
+        b"cf-ipcountry",
     }
 )
 _FORWARDED = CLIENT_ADDRESS_HEADERS
