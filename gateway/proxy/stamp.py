@@ -256,7 +256,8 @@ def upstream_request_headers(
 
     Names are matched case-insensitively (RFC 9110 §5.1); kept headers go out as they came.
     """
-    named = connection_named(incoming)
+    # Names are judged with '_' read as '-' below, so the options naming them are too: `Connection: x_a` drops x_a.
+    named = frozenset(option.replace(b"_", b"-") for option in connection_named(incoming))
     replaced = {name.lower() for name, _ in injected}
     kept: Headers = [(b"host", upstream_host)]
     forwarded: Headers = []
