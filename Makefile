@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
-.PHONY: install run test bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools
+.PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ run: install
 
 test: install redis-server
 	$(BIN)/python -m pytest -q
+
+# The property tests (hypothesis) with 5000 examples each instead of make test's 100; what fails is kept in
+# .hypothesis/ and tried first next time.
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m property
 
 bench-tools:
 	@for b in wrk nginx haproxy; do command -v $$b >/dev/null 2>&1 || NEED=1; done; \

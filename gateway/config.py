@@ -155,7 +155,9 @@ def _header_name(value: Any) -> str:
     text = str(value)
     if not _FIELD_NAME.fullmatch(text):
         raise ValueError(f"{text!r} is not a header name (letters, digits and !#$%&'*+.^_`|~- only)")
-    return text.lower()
+    # The proxy judges incoming names with '_' read as '-' (CGI servers do): an entry spelled x_debug_user must
+    # strip X-Debug-User and x_debug_user alike, so it is kept in that one spelling.
+    return text.lower().replace("_", "-")
 
 
 HeaderName = Annotated[str, BeforeValidator(_header_name)]

@@ -279,7 +279,8 @@ def upstream_request_headers(
 
     Names are matched case-insensitively (RFC 9110 §5.1); kept headers go out as they came.
     """
-    named = connection_named(incoming)
+    # Names are judged with '_' read as '-' below, so the options naming them are too: `Connection: x_a` drops x_a.
+    named = frozenset(option.replace(b"_", b"-") for option in connection_named(incoming))
     replaced = {name.lower() for name, _ in injected}
     kept: Headers = [(b"host", upstream_host)]
     forwarded: Headers = []
@@ -290,7 +291,10 @@ def upstream_request_headers(
             # CGI, WSGI and PHP servers read X_Tollbooth_Agent as X-Tollbooth-Agent: judge it as they will.
             name = name.replace(b"_", b"-")
         if name in _REQUEST_OWNED or name.startswith(_FORWARDED_PREFIX):
-            if name in _FORWARDED or (name.startswith(_FORWARDED_PREFIX) and name not in SPOOFABLE_REQUEST_HEADERS):
+            # A trusted proxy's forwarding headers that its Connection names are its hop's only (RFC 9110 §7.6.1).
+            if name not in named and (
+                name in _FORWARDED or (name.startswith(_FORWARDED_PREFIX) and name not in SPOOFABLE_REQUEST_HEADERS)
+            ):
                 forwarded.append((name, header[1]))
         elif not (name in named or name in replaced or name in strip or name.startswith(SPOOFABLE_REQUEST_PREFIXES)):
             kept.append(header)

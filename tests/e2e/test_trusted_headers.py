@@ -24,7 +24,7 @@ OPERATOR = ["x-tenant-override", "x-debug-user"]
 
 @pytest.fixture(scope="module")
 def gw(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    extra = {"proxy": {"strip_headers": ["X-Tenant-Override", "x-debug-user"], "allowed_hosts": ["tollbooth.test"]}}
+    extra = {"proxy": {"strip_headers": ["X-Tenant-Override", "x_debug_user"], "allowed_hosts": ["tollbooth.test"]}}
     gateway = start_gateway(tmp_path_factory.mktemp("trusted-headers"), upstream.url, extra=extra)
     yield gateway
     gateway.stop()

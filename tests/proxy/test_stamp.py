@@ -315,6 +315,16 @@ def test_trusted_forwarding_headers_are_kept_and_our_hop_appended() -> None:
     assert values(out, b"forwarded") == [b"for=203.0.113.9;proto=http"]
 
 
+def test_trusted_forwarding_headers_named_in_connection_are_removed() -> None:
+    # RFC 9110 §7.6.1: the trusted proxy says they describe its own hop; ours replace them.
+    connection = (b"connection", b"X-Forwarded-For, x-forwarded-host, X-Real-IP")
+    out = stamp([*BASE, *PRIOR_FORWARDING, (b"x-real-ip", b"203.0.113.9"), connection], trust_forwarded=True)
+    assert values(out, b"x-forwarded-for") == [b"10.0.0.7"]
+    assert values(out, b"x-forwarded-host") == [b"gw.example.com"]
+    assert values(out, b"x-forwarded-proto") == [b"http"]
+    assert values(out, b"x-real-ip") == []
+
+
 def test_trusted_forwarding_without_prior_headers_adds_ours() -> None:
     out = stamp(BASE, trust_forwarded=True)
     assert values(out, b"x-forwarded-for") == [b"10.0.0.7"]
