@@ -69,6 +69,8 @@ def _uvicorn_config(
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         http=guarded_protocol(proxy.max_header_bytes, proxy.max_headers, on_refuse),
+        # No WebSocket support at all: the protocol refuses every Upgrade itself, so nothing can switch protocols.
+        ws="none",
         loop="none",
         lifespan="off",
         access_log=False,

@@ -33,6 +33,7 @@ CODE_ARGUMENTS = {
     "TokenRejected": (1, "error"),  # the proxy's bearer-token checks (RFC 6750 §3.1)
     "UpstreamError": (1, "reason"),  # answered as the error of a 502/504
     "HostRefused": (1, "error"),  # a Host or Origin the proxy does not answer for (gateway/hosts.py)
+    "HeadRefused": (1, "error"),  # the HTTP layer's own answers (gateway/proxy/protocol.py)
     "_deny": (3, "error"),  # every other refusal of the proxy
 }
 # Calls whose literal argument is the `reason` of the audit event a refusal writes.
@@ -41,6 +42,7 @@ REASON_ARGUMENTS = {
     "TokenRejected": (3, "reason"),
     "UpstreamError": (1, "reason"),
     "HostRefused": (3, "reason"),
+    "HeadRefused": (3, "reason"),
     "_invalid_request": (0, "reason"),
     "_invalid_token": (0, "reason"),
     "invalid_request": (1, "reason"),
@@ -56,9 +58,10 @@ STATUS_ARGUMENTS = {
     "TokenRejected": (0, "status"),
     "UpstreamError": (0, "status"),
     "HostRefused": (0, "status"),
+    "HeadRefused": (0, "status"),
     "_deny": (2, "status"),
 }
-# A JSON error body written out by hand (the HTTP layer's 431 answers before any app runs).
+# A JSON error body written out by hand.
 _JSON_ERROR = re.compile(r'"error":\s*"([a-z_]+)"')
 _CODE = re.compile(r"^[a-z][a-z_]*$")
 

@@ -118,13 +118,7 @@ class ProxyApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                # WebSocket upgrades are not proxied: refuse before accepting (the server answers 403).
-                await send({"type": "websocket.close", "code": 1008})
-                self.record_refusal(
-                    scope.get("client"), scope.get("raw_path") or b"", 403, "websocket_not_supported", scope["headers"]
-                )
-            return
+            return  # the HTTP layer refuses every Upgrade (gateway/proxy/protocol.py): no WebSocket scope comes
         IN_FLIGHT.inc()
         try:
             await self._handle(scope, receive, send)
@@ -509,13 +503,12 @@ class ProxyApp:
         raw_target: bytes,
         status: int,
         reason: str,
-        headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
-        """Audit a request refused before the pipeline ran (by the HTTP layer: 400, 431; or a WebSocket 403)."""
+        """Audit a request refused before the pipeline ran (by the HTTP layer: 400, 403, 431, 505)."""
         # The path only, as for every other event: the HTTP layer hands over the whole target, and a query string
         # may carry a token (`?access_token=`) or other secrets that must never reach the audit trail.
         path = raw_target.split(b"?", 1)[0].split(b"#", 1)[0]
-        crossing, _ = _open_crossing(headers, client, path[:1024], "1.1")
+        crossing, _ = _open_crossing((), client, path[:1024], "1.1")
         crossing.event.decision = "deny"
         crossing.event.reason = reason
         crossing.status = status

@@ -599,28 +599,7 @@ def test_methods_no_route_names_are_refused_and_never_forwarded(
     assert watch.forwarded() == []
 
 
-# --- upgrades and Expect -------------------------------------------------------------------------------------------
-
-
-def test_websocket_upgrade_is_refused_and_never_tunnelled(gateway: Gateway, watch: Watch):
-    response = send_raw(
-        gateway.proxy_url,
-        b"GET /v1/customers/1 HTTP/1.1\r\nHost: x\r\n" + bearer(gateway.mint()) + b"\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    assert response is not None and response.status == 403
-    assert watch.forwarded() == []
-
-
-def test_h2c_upgrade_is_stripped_to_a_plain_request(gateway: Gateway, upstream: Upstream):
-    response = send_raw(
-        gateway.proxy_url,
-        b"GET /v1/customers/1 HTTP/1.1\r\nHost: x\r\n" + bearer(gateway.mint()) + b"\r\nUpgrade: h2c\r\n"
-        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\r\n",
-    )
-    assert response is not None and response.status == 200
-    names = {k for k, _ in upstream.last().headers}
-    assert not names & {b"upgrade", b"http2-settings", b"connection"}
+# --- Expect (upgrades: test_framing.py) ---------------------------------------------------------------------------
 
 
 def test_expect_100_continue_on_a_denied_request_gets_no_continue_and_is_never_forwarded(

@@ -209,19 +209,6 @@ def test_a_token_in_the_query_of_a_refused_request_never_reaches_the_audit(gatew
     assert secret not in (gateway.dir / "audit.jsonl").read_text()
 
 
-def test_a_refused_websocket_upgrade_is_audited(gateway: Gateway):
-    marker = "ws-" + uuid.uuid4().hex
-    data = _exchange(
-        gateway.proxy_url,
-        b"GET /v1/customers/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + gateway.mint().encode() + b"\r\n"
-        b"X-Request-Id: " + marker.encode() + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    assert _status_line(data) == 403
-    _barrier(gateway)
-    assert any(e.get("request_id") == marker for e in gateway.audit_events())
-
-
 # --- --workers and signals -----------------------------------------------------------------------------------------
 
 
