@@ -98,6 +98,22 @@ def framing_problem(method: bytes, version: str, transfer_encoding: bytes | None
     return None
 
 
+def _authority_as_host(target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """RFC 9112 §3.2.2: with an absolute-form target, the target's authority is the host and Host is ignored.
+
+    The Host/Origin check (gateway/hosts.py) reads Host, so it is made to say what the target says: otherwise
+    `GET http://evil.example/ HTTP/1.1` with `Host: gw.example` would pass for a request to gw.example. A request
+    without exactly one Host is left as it is, for the proxy to refuse.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or not scheme.isalpha():
+        return  # origin-form's cousins ("*", authority-form) are refused elsewhere
+    authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].split(b"#", 1)[0]
+    hosts = [i for i, (name, _) in enumerate(headers) if name == b"host"]
+    if len(hosts) == 1:
+        headers[hosts[0]] = (b"host", authority)
+
+
 def parse_failure(message: str) -> HeadRefused:
     """The answer to a request llhttp could not parse; `message` is llhttp's (a fixed text, never request bytes)."""
     if message in _VERSION_ERRORS:
@@ -180,6 +196,8 @@ def guarded_protocol(
             problem = framing_problem(self.parser.get_method(), self.parser.get_http_version(), self._te, self._upgrade)
             if problem is not None:
                 self._refuse(problem)
+            if self.url[:1] != b"/":
+                _authority_as_host(self.url, self.headers)
             super().on_headers_complete()
             # From here on the request has its cycle: a failure in its body is this request's answer.
             self._head_done = True

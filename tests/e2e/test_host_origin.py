@@ -115,13 +115,12 @@ def test_two_hosts_in_http10_are_a_malformed_host(gateway: Gateway, watch: Watch
     assert watch.forwarded() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RFC 9112 §3.2.2: an absolute-form target's authority replaces Host; the HTTP layer (uvicorn's "
-    "httptools protocol) keeps only the path of the target, so the check sees Host alone",
+@pytest.mark.parametrize(
+    "target", [b"http://evil.example/status", b"http://EVIL.example:80/status?x=1", b"https://evil.example/"]
 )
-def test_an_absolute_form_target_naming_another_host_is_421(gateway: Gateway, watch: Watch) -> None:
-    response = _send(gateway, b"http://evil.example/status", host=b"tollbooth.test")
+def test_an_absolute_form_target_naming_another_host_is_421(gateway: Gateway, watch: Watch, target: bytes) -> None:
+    # RFC 9112 §3.2.2: the target's authority replaces Host, so an allowed Host cannot vouch for it.
+    response = _send(gateway, target, host=b"tollbooth.test")
     _refused_and_audited(gateway, response, 421, "invalid_host", "foreign_host")
     assert watch.forwarded() == []
 
@@ -228,3 +227,9 @@ def test_a_reload_changes_the_names_answered_for(upstream: Upstream, tmp_path: P
         assert _send(gw, b"/status", host=b"new.example").status == 200
     finally:
         gw.stop()
+
+
+def test_an_absolute_form_target_with_userinfo_is_a_malformed_host(gateway: Gateway, watch: Watch) -> None:
+    response = _send(gateway, b"http://tollbooth.test@evil.example/status", host=b"tollbooth.test")
+    _refused_and_audited(gateway, response, 400, "invalid_request", "malformed_host")
+    assert watch.forwarded() == []
