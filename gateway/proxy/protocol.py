@@ -98,7 +98,7 @@ def framing_problem(method: bytes, version: str, transfer_encoding: bytes | None
     return None
 
 
-def _authority_as_host(target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+def authority_as_host(target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     """RFC 9112 §3.2.2: with an absolute-form target, the target's authority is the host and Host is ignored.
 
     The Host/Origin check (gateway/hosts.py) reads Host, so it is made to say what the target says: otherwise
@@ -197,7 +197,7 @@ def guarded_protocol(
             if problem is not None:
                 self._refuse(problem)
             if self.url[:1] != b"/":
-                _authority_as_host(self.url, self.headers)
+                authority_as_host(self.url, self.headers)
             super().on_headers_complete()
             # From here on the request has its cycle: a failure in its body is this request's answer.
             self._head_done = True
