@@ -141,7 +141,6 @@ CLIENT_ADDRESS_HEADERS = frozenset(
         b"x-remote-addr",
         b"x-azure-clientip",
         b"x-azure-socketip",
-        b"x-appengine-user-ip",
         b"x-original-forwarded-for",
         b"fly-client-ip",
         b"do-connecting-ip",
