@@ -386,6 +386,9 @@ class AgentConfig(Model):
         return self
 
 
+_PREFIX = re.compile(r"^[A-Za-z0-9._:/@-]*$")
+
+
 class TrustedIssuerConfig(Model):
     issuer: str
     jwks_uri: str
@@ -394,6 +397,15 @@ class TrustedIssuerConfig(Model):
     algorithms: list[Literal["ES256", "ES384", "EdDSA", "RS256", "PS256"]] = Field(
         default_factory=lambda: ["ES256", "RS256", "PS256", "EdDSA"]
     )
+    subject_prefix: str = ""
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        # It becomes part of every subject: the same header- and audit-safe text as an identifier, and short.
+        if len(prefix) > 64 or not _PREFIX.match(prefix):
+            raise ValueError(f"{prefix!r}: use at most 64 letters, digits and . _ - : / @ (for example okta:)")
+        return prefix
 
     @field_validator("jwks_uri")
     @classmethod
@@ -775,6 +787,32 @@ def _check_references(config: Config, loaded: LoadedConfig) -> list[str]:
             problems.append(
                 f"{where}: scopes: a public route takes no token, so it cannot require scopes "
                 "(remove `scopes` or `public: true`)"
+            )
+    return problems + _check_subject_prefixes(config, loaded.path)
+
+
+def _check_subject_prefixes(config: Config, path: Path) -> list[str]:
+    """Two identity providers' `alice` must stay two subjects: with more than one, each needs a prefix, and no
+    prefix may begin another (`okta:` + `eu:alice` would be `okta:eu:` + `alice`)."""
+    external = [(i, t) for i, t in enumerate(config.trusted_issuers) if t.issuer != config.issuer.url]
+    if len(external) < 2:
+        return []
+    problems: list[str] = []
+    for i, trusted in external:
+        where = f"{path}: trusted_issuers[{i}] ({trusted.issuer}): subject_prefix"
+        clash = next(
+            (other for j, other in external if j != i and other.subject_prefix.startswith(trusted.subject_prefix)),
+            None,
+        )
+        if not trusted.subject_prefix:
+            problems.append(
+                f"{where}: required when more than one issuer is trusted, so that the same sub from two issuers "
+                "names two subjects (for example subject_prefix: okta:)"
+            )
+        elif clash is not None:
+            problems.append(
+                f"{where}: {trusted.subject_prefix!r} begins {clash.issuer}'s {clash.subject_prefix!r}, so their "
+                "subjects could collide; give each issuer a prefix no other one starts with"
             )
     return problems
 

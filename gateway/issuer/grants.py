@@ -19,7 +19,7 @@ from gateway.issuer.clients import Client
 from gateway.issuer.keys import SigningKey
 from gateway.issuer.oauth import Form, OAuthError, invalid_request
 from gateway.issuer.subjects import SubjectVerifier
-from gateway.issuer.tokens import SCOPE_TOKEN, InvalidToken, SubjectToken, delegation_chain, mint_access_token
+from gateway.issuer.tokens import SCOPE_TOKEN, InvalidToken, SubjectToken, delegation_chain, mint_access_token, repeated_party
 from gateway.state import RefreshGrant, RefreshReused, RevocationList, SharedState, refresh_token_hash
 
 # Protocol identifiers, not secrets (hence the noqa for the password heuristic).
@@ -201,6 +201,7 @@ class TokenService:
         if requested_type is not None and requested_type not in SUBJECT_TOKEN_TYPES:
             raise invalid_request(f"requested_token_type must be {ACCESS_TOKEN_TYPE}", "bad_type")
         subject = await self._verify_subject(subject_token)
+        self._check_parties(client.id, subject)
         self._check_may_act(client.id, subject)
         act = nest_act(client.id, subject.act)
         depth = len(delegation_chain(act))
@@ -229,6 +230,7 @@ class TokenService:
             subject=subject.subject,
             scopes=scopes,
             act=act,
+            may_act=subject.may_act,
             audience=audience,
             deadline=subject.expires_at,
             ancestors=ancestors,
@@ -246,6 +248,7 @@ class TokenService:
                 # A hop never outlives what it came from, refreshed or not (RFC 8693 §1.1: only narrowing).
                 expires_at=min(now + self.config.issuer.refresh_token_ttl, subject.expires_at),
                 ancestors=ancestors,
+                may_act=subject.may_act,
             )
             await self._state.store_refresh(refresh_token_hash(refresh_token), grant)
             if not await self._state.record_family_token(grant.family, claims["jti"], claims["exp"]):
@@ -259,12 +262,31 @@ class TokenService:
             # RFC 8693 §2.2.2: an invalid or unacceptable subject_token is invalid_request.
             raise invalid_request(f"subject_token: {exc.description}", f"subject_{exc.reason}") from None
 
+    def _check_parties(self, agent: str, subject: SubjectToken) -> None:
+        """Who may appear in a chain: each party once, and an identity provider's subjects never as our agents."""
+        chain = delegation_chain(subject.act)
+        if agent == subject.subject:
+            raise invalid_request(f"agent {agent} cannot act for itself; use its own token", "self_delegation")
+        repeated = repeated_party(subject.subject, (agent, *chain))
+        if repeated is not None:
+            raise invalid_request(f"the delegation chain would name {repeated} twice", "repeated_party")
+        if subject.issuer != self.config.issuer.url:
+            named = next((p for p in (subject.subject, *chain) if p in self.config.agents), None)
+            if named is not None:
+                # Without a subject_prefix an IdP account named like an agent would be that agent to every rule.
+                raise invalid_request(
+                    f"the identity provider's party {named} has the name of an agent here "
+                    "(set trusted_issuers[].subject_prefix)",
+                    "subject_is_agent",
+                )
+
     def _check_may_act(self, agent: str, subject: SubjectToken) -> None:
         if not may_act_for(self.config.agents[agent].may_act_for, subject.subject):
             raise invalid_request(
                 f"agent {agent} may not act for {subject.subject} (agents.{agent}.may_act_for)", "may_not_act_for"
             )
-        # RFC 8693 §4.4: when the subject token names who may act for it, nobody else may.
+        # RFC 8693 §4.4: when the subject token names who may act for it, nobody else may, at any hop: the tokens
+        # we mint from it carry the same may_act.
         if subject.may_act is not None and subject.may_act.get("sub") != agent:
             raise invalid_request(f"the subject token's may_act does not name agent {agent}", "may_act")
 
@@ -318,6 +340,7 @@ class TokenService:
             subject=grant.subject,
             scopes=scopes,
             act=grant.act,
+            may_act=grant.may_act,
             audience=audience,
             deadline=grant.expires_at,
             ancestors=grant.ancestors,
@@ -334,6 +357,7 @@ class TokenService:
         scopes: list[str],
         act: dict[str, Any] | None,
         audience: str,
+        may_act: dict[str, Any] | None = None,
         deadline: float | None = None,
         ancestors: tuple[str, ...] = (),
     ) -> tuple[str, dict[str, Any]]:
@@ -355,6 +379,7 @@ class TokenService:
             scopes=scopes,
             ttl=ttl,
             act=act,
+            may_act=may_act,
             now=now,
             ancestors=ancestors,
         )

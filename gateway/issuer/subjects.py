@@ -22,6 +22,7 @@ from gateway.issuer.tokens import (
     SubjectToken,
     check_header,
     delegation_chain,
+    namespaced,
     parse_unverified,
     validate_claims,
     validate_subject_claims,
@@ -77,6 +78,7 @@ class SubjectVerifier:
             audiences = self._trusted[issuer].audiences or [self._issuer]
         subject = validate_subject_claims(claims, issuer=issuer, audiences=audiences, now=now, leeway=self._leeway)
         if not ours:
+            subject = namespaced(subject, self._trusted[issuer].subject_prefix)
             # `tollbooth revoke --subject` (or `--agent` for an actor already in its chain) covers a user's token
             # from an identity provider too, or an agent could exchange it again after the cut-off and start afresh.
             revoked = self._revocations.is_cut_off("", subject.subject, subject.issued_at) or (

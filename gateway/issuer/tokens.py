@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jwt.api_jws import PyJWS
@@ -43,7 +43,7 @@ MAX_DELEGATION_DEPTH = 16
 # A private claim (RFC 7519 §4.3) of delegated tokens: the jtis of the tokens they were exchanged from, oldest
 # first, so that revoking one revokes everything derived from it.
 ANCESTORS_CLAIM = "ancestor_jtis"
-_MINTED_CLAIMS = frozenset({*REQUIRED_CLAIMS, "scope", "act", ANCESTORS_CLAIM})
+_MINTED_CLAIMS = frozenset({*REQUIRED_CLAIMS, "scope", "act", "may_act", ANCESTORS_CLAIM})
 
 # One PyJWS per algorithm, each knowing only that algorithm: even a bug upstream of it cannot make PyJWT run
 # `none`, an HMAC or another algorithm than the key's (RFC 8725 §3.1).
@@ -210,11 +210,6 @@ def act_claim(actors: Sequence[str]) -> dict[str, Any] | None:
     return nested
 
 
-def clean_act(act: Any) -> dict[str, Any] | None:
-    """An `act` chain reduced to its actors' `sub`s: only identities we checked travel into tokens we sign."""
-    return act_claim(delegation_chain(act))
-
-
 def delegation_chain(act: Any) -> tuple[str, ...]:
     """RFC 8693 §4.1: nested `act` claims, the current (outermost) actor first."""
     chain: list[str] = []
@@ -226,6 +221,25 @@ def delegation_chain(act: Any) -> tuple[str, ...]:
             raise InvalidToken("bad_claim", "The access token's delegation chain is too long")
         act = act.get("act")
     return tuple(chain)
+
+
+def repeated_party(subject: str, chain: Sequence[str]) -> str | None:
+    """The first party named twice in a delegation (the subject, then each actor), or None.
+
+    A party acting for itself (A for A) or coming back into its own chain (A→B→A) would let an agent make a
+    token that looks delegated out of its own authority alone, or launder a hop through another agent."""
+    seen = {subject}
+    for actor in chain:
+        if actor in seen:
+            return actor
+        seen.add(actor)
+    return None
+
+
+def _acyclic(subject: str, chain: tuple[str, ...]) -> tuple[str, ...]:
+    if chain and repeated_party(subject, chain) is not None:
+        raise InvalidToken("circular_delegation", "The token's delegation chain names the same party twice")
+    return chain
 
 
 def validate_claims(
@@ -252,15 +266,16 @@ def validate_claims(
         raise InvalidToken("not_yet_valid", "The access token is not valid yet")
     if issued_at > now + leeway:
         raise InvalidToken("issued_in_future", "The access token was issued in the future")
+    subject = _identifier(claims, "sub")
     return Principal(
         agent=_identifier(claims, agent_claim),
-        subject=_identifier(claims, "sub"),
+        subject=subject,
         scopes=_scopes(claims),
         jti=_identifier(claims, "jti"),
         issuer=issuer,
         expires_at=expires_at,
         issued_at=issued_at,
-        delegation=delegation_chain(claims.get("act")),
+        delegation=_acyclic(subject, delegation_chain(claims.get("act"))),
         ancestors=ancestor_jtis(claims),
         claims=claims,
     )
@@ -284,6 +299,7 @@ def mint_access_token(
     scopes: Iterable[str],
     ttl: float,
     act: dict[str, Any] | None = None,
+    may_act: dict[str, Any] | None = None,
     ancestors: Iterable[str] = (),
     now: float | None = None,
     extra_claims: dict[str, Any] | None = None,
@@ -311,6 +327,8 @@ def mint_access_token(
         claims["scope"] = scope
     if act is not None:
         claims["act"] = act
+    if may_act is not None:
+        claims["may_act"] = may_act  # RFC 8693 §4.4, carried from the subject token so it binds every later hop
     if ancestors:
         claims[ANCESTORS_CLAIM] = list(ancestors)
     if extra_claims:
@@ -372,14 +390,26 @@ def validate_subject_claims(
     may_act = claims.get("may_act")
     if may_act is not None and not (isinstance(may_act, dict) and isinstance(may_act.get("sub"), str)):
         raise InvalidToken("bad_claim", "The subject token's may_act claim has no sub")
+    subject = _identifier(claims, "sub")
     return SubjectToken(
         issuer=issuer,
-        subject=_identifier(claims, "sub"),
+        subject=subject,
         scopes=scopes,
         expires_at=expires_at,
         issued_at=_numeric_date(claims, "iat") if "iat" in claims else float("-inf"),
-        act=clean_act(claims.get("act")),
-        may_act=may_act,
+        # The chain reduced to its actors' `sub`s: only identities we checked travel into tokens we sign.
+        act=act_claim(_acyclic(subject, delegation_chain(claims.get("act")))),
+        # Only the named actor travels on (RFC 8693 §4.4 lets may_act carry more; we decide on `sub` alone).
+        may_act=None if may_act is None else {"sub": _identifier(may_act, "sub")},
         jti=_identifier(claims, "jti") if "jti" in claims else None,
         ancestors=ancestor_jtis(claims),
     )
+
+
+def namespaced(token: SubjectToken, prefix: str) -> SubjectToken:
+    """`trusted_issuers[].subject_prefix` applied to every party an identity provider's token names, so that its
+    `alice` is never another issuer's `alice`, nor one of our agents."""
+    if not prefix:
+        return token
+    chain = delegation_chain(token.act)
+    return replace(token, subject=prefix + token.subject, act=act_claim([prefix + actor for actor in chain]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from urllib.parse import parse_qsl
 
 import httpx2
@@ -110,6 +111,7 @@ class Verifier:
         self._cache: dict[str, Principal] = {}  # token -> principal; insertion order is age order
         self._jwks: dict[str, JwksCache] = {}
         self._not_at_proxy: set[str] = set()
+        self._prefixes = {t.issuer: t.subject_prefix for t in trusted_issuers if t.issuer != issuer}
         self._owned_http: httpx2.AsyncClient | None = None
         for trusted in trusted_issuers:
             if trusted.issuer == issuer:
@@ -165,13 +167,23 @@ class Verifier:
             raise InvalidToken("bad_claim", "The access token's iss claim is not a string")
         key = await self._key_for(issuer, kid)
         claims = verify_signature(token, alg, key)
-        return validate_claims(
+        principal = validate_claims(
             claims,
             issuer=issuer,
             audience=self._audience,
             now=now,
             leeway=self._leeway,
             allow_azp=issuer != self._issuer,
+        )
+        prefix = self._prefixes.get(issuer, "")
+        if not prefix:
+            return principal
+        # trusted_issuers[].subject_prefix: every party an identity provider names lives in its own namespace.
+        return replace(
+            principal,
+            agent=prefix + principal.agent,
+            subject=prefix + principal.subject,
+            delegation=tuple(prefix + actor for actor in principal.delegation),
         )
 
     async def _key_for(self, issuer: str, kid: str) -> SigningKey:

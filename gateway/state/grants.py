@@ -42,6 +42,7 @@ class RefreshGrant:
     issued_at: float
     expires_at: float
     ancestors: tuple[str, ...] = ()  # the jtis of the tokens the grant was exchanged from (see Principal)
+    may_act: dict[str, Any] | None = None  # the subject token's RFC 8693 §4.4 claim, kept by every refresh
 
     def to_json(self) -> str:
         return json.dumps(
@@ -54,6 +55,7 @@ class RefreshGrant:
                 "issued_at": self.issued_at,
                 "expires_at": self.expires_at,
                 "ancestors": list(self.ancestors),
+                "may_act": self.may_act,
             },
             separators=(",", ":"),
         )
@@ -70,6 +72,7 @@ class RefreshGrant:
             issued_at=float(data["issued_at"]),
             expires_at=float(data["expires_at"]),
             ancestors=tuple(data.get("ancestors", ())),
+            may_act=data.get("may_act"),
         )
 
 
