@@ -886,3 +886,40 @@ def test_every_key_of_the_example_config_is_in_the_schema() -> None:
 
     walk(example, schema, "example.yaml")
     walk(routes, schema, "routes.yaml")
+
+
+# ---------------------------------------------------------------- subject prefixes of trusted issuers
+
+
+def _issuers(*prefixes: str | None) -> str:
+    lines = ["trusted_issuers:"]
+    for n, prefix in enumerate(prefixes):
+        lines += [f"  - issuer: https://idp{n}.example", f"    jwks_uri: https://idp{n}.example/jwks"]
+        if prefix is not None:
+            lines.append(f"    subject_prefix: {json.dumps(prefix)}")
+    return "\n".join(lines) + "\n"
+
+
+def test_one_trusted_issuer_needs_no_prefix(tmp_path: Path) -> None:
+    assert load(tmp_path, _issuers(None)).config.trusted_issuers[0].subject_prefix == ""
+
+
+def test_distinct_prefixes_are_accepted(tmp_path: Path) -> None:
+    config = load(tmp_path, _issuers("okta:", "entra:")).config
+    assert [t.subject_prefix for t in config.trusted_issuers] == ["okta:", "entra:"]
+
+
+def test_two_issuers_without_a_prefix_are_refused_naming_the_entry(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, _issuers("okta:", None))
+    assert problem.startswith(f"{tmp_path / 'tollbooth.yaml'}: trusted_issuers[1] (https://idp1.example): ")
+    assert "subject_prefix: required when more than one issuer is trusted" in problem
+
+
+def test_a_prefix_beginning_another_is_refused(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, _issuers("okta:", "okta:eu:"))
+    assert "trusted_issuers[0] (https://idp0.example): subject_prefix: 'okta:' begins" in problem
+
+
+@pytest.mark.parametrize("prefix", ["has space:", "tab\t", "x" * 65, "new\nline"])
+def test_a_prefix_with_odd_characters_is_refused(tmp_path: Path, prefix: str) -> None:
+    assert "trusted_issuers[0] (https://idp0.example): subject_prefix: " in only_problem(tmp_path, _issuers(prefix))

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -173,6 +176,38 @@ def refused_at_proxy(gw: Gateway, token: str, path: str = "/v1/customers/1") -> 
     """Whether the proxy now answers the token with 401 invalid_token (RFC 6750 §3.1)."""
     response = proxy_get(gw, path, token)
     return response.status_code == 401 and 'error="invalid_token"' in response.headers.get("www-authenticate", "")
+
+
+def revoke_cli(gw: Gateway, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "revoke", "--config", str(gw.config_path), *args],
+        cwd=gw.dir,
+        env={**os.environ, "TEST_UPSTREAM_KEY": "upstream-secret"},  # the config names it, as start_gateway sets it
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def signed_by_gateway(gw: Gateway, **claims: object) -> str:
+    """A token signed with the gateway's own key, bypassing mint_access_token's checks."""
+    from gateway.issuer.keys import KeyStore
+
+    key = KeyStore.load(gw.dir / "keys", "ES256", generate_if_empty=False).active
+    now = int(time.time())
+    payload = {
+        "iss": gw.issuer_url,
+        "aud": gw.proxy_url,
+        "sub": "billing-bot",
+        "client_id": "billing-bot",
+        "scope": "crm.read",
+        "iat": now,
+        "exp": now + 300,
+        "jti": secrets.token_urlsafe(16),
+        **claims,
+    }
+    return jwt.encode(payload, key.private_key, algorithm="ES256", headers={"typ": "at+jwt", "kid": key.kid})
 
 
 def mint_at(gw: Gateway, *, issued_at: float, ttl: float = 60, agent: str = "billing-bot", **kwargs: Any) -> str:

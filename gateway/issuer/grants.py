@@ -19,7 +19,14 @@ from gateway.issuer.clients import Client
 from gateway.issuer.keys import SigningKey
 from gateway.issuer.oauth import Form, OAuthError, invalid_request
 from gateway.issuer.subjects import SubjectVerifier
-from gateway.issuer.tokens import SCOPE_TOKEN, InvalidToken, SubjectToken, delegation_chain, mint_access_token, repeated_party
+from gateway.issuer.tokens import (
+    SCOPE_TOKEN,
+    InvalidToken,
+    SubjectToken,
+    delegation_chain,
+    mint_access_token,
+    repeated_party,
+)
 from gateway.state import RefreshGrant, RefreshReused, RevocationList, SharedState, refresh_token_hash
 
 # Protocol identifiers, not secrets (hence the noqa for the password heuristic).

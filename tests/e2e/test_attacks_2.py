@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-import jwt
 import pytest
 import yaml
 from support import (
@@ -35,8 +34,7 @@ from support import (
     wait_until,
     write_public_route_config,
 )
-
-from gateway.issuer.keys import KeyStore
+from token_support import signed_by_gateway
 
 # --- helpers --------------------------------------------------------------------------------------------------------
 
@@ -100,24 +98,6 @@ def slow_upstream() -> Iterator[Upstream]:
 # --- the audit writer ----------------------------------------------------------------------------------------------
 
 
-def _signed_by_gateway(gw: Gateway, **claims: object) -> str:
-    """A token signed with the gateway's own key, bypassing mint_access_token's checks."""
-    key = KeyStore.load(gw.dir / "keys", "ES256", generate_if_empty=False).active
-    now = int(time.time())
-    payload = {
-        "iss": gw.issuer_url,
-        "aud": gw.proxy_url,
-        "sub": "billing-bot",
-        "client_id": "billing-bot",
-        "scope": "crm.read",
-        "iat": now,
-        "exp": now + 300,
-        "jti": uuid.uuid4().hex,
-        **claims,
-    }
-    return jwt.encode(payload, key.private_key, algorithm="ES256", headers={"typ": "at+jwt", "kid": key.kid})
-
-
 def test_a_lone_surrogate_in_a_signed_claim_is_refused_and_the_audit_writer_lives_on(
     upstream: Upstream, tmp_path: Path
 ):
@@ -125,7 +105,7 @@ def test_a_lone_surrogate_in_a_signed_claim_is_refused_and_the_audit_writer_live
     # Such a claim is not a valid identifier: 401. And the audit trail keeps recording whatever comes next.
     gw = start_gateway(tmp_path, upstream.url)
     try:
-        token = _signed_by_gateway(gw, sub="user-\ud800")
+        token = signed_by_gateway(gw, sub="user-\ud800")
         odd = httpx2.get(gw.proxy_url + "/v1/customers/1", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert odd.status_code == 401
         assert 'error="invalid_token"' in odd.headers["www-authenticate"]

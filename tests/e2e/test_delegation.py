@@ -128,6 +128,13 @@ def test_may_act_naming_the_agent_is_accepted(idp: TestIdP, gw: Gateway):
     assert claims_of(exchanged(ASSISTANT, gw, token)["access_token"])["act"] == {"sub": ASSISTANT.client_id}
 
 
+def test_an_idp_user_named_like_one_of_our_agents_is_refused_without_a_prefix(idp: TestIdP, gw: Gateway):
+    # With no subject_prefix, the IdP's "helper" would be our agent helper to every rule downstream.
+    response = ASSISTANT.exchange(gw, user_token(idp, gw, subject=HELPER.client_id))
+    assert "subject_prefix" in assert_oauth_error(response, "invalid_request")
+    gw.wait_audit(lambda e: e["event"] == "token.denied" and e.get("reason") == "subject_is_agent")
+
+
 def _revoked_own_token(idp: TestIdP, gw: Gateway) -> str:
     token = exchanged(ASSISTANT, gw, user_token(idp, gw))["access_token"]
     assert ASSISTANT.revoke(gw, token).status_code == 200

@@ -4,10 +4,7 @@ events of the token service."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from token_support import (
     post_form,
     proxy_get,
     refused_at_proxy,
+    revoke_cli,
     user_token,
 )
 
@@ -289,18 +287,6 @@ def test_introspection_of_an_inactive_token_is_exactly_active_false(
 
 
 # --- the CLI and gateways sharing revocations -----------------------------------------------------------------
-
-
-def revoke_cli(gw: Gateway, *args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "revoke", "--config", str(gw.config_path), *args],
-        cwd=gw.dir,
-        env={**os.environ, "TEST_UPSTREAM_KEY": "upstream-secret"},  # the config names it, as start_gateway sets it
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def _token_for_cli(kind: str, gw: Gateway, idp: TestIdP) -> tuple[str, str]:

@@ -116,8 +116,19 @@ def test_extra_claims_are_added_but_cannot_override(es256: SigningKey) -> None:
         {"client_id": ""},
         {"act": {"act": {"sub": "x"}}},
         {"ttl": 0},
+        {"subject": "alice", "act": {"sub": "alice"}},
+        {"act": {"sub": "a", "act": {"sub": "b", "act": {"sub": "a"}}}},
     ],
-    ids=["space-in-scope", "quote-in-scope", "crlf-in-sub", "empty-client-id", "act-without-sub", "zero-ttl"],
+    ids=[
+        "space-in-scope",
+        "quote-in-scope",
+        "crlf-in-sub",
+        "empty-client-id",
+        "act-without-sub",
+        "zero-ttl",
+        "acting-for-itself",
+        "circular-chain",
+    ],
 )
 def test_refuses_to_mint_what_the_verifier_would_refuse(es256: SigningKey, overrides: dict) -> None:
     with pytest.raises(ValueError):

@@ -85,8 +85,16 @@ def upstream_app(up: Upstream) -> Callable[..., Awaitable[None]]:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        up.seen.append(Seen(scope["method"], scope["raw_path"], scope["query_string"], list(scope["headers"]),
-                            body, scope["client"][1]))
+        up.seen.append(
+            Seen(
+                scope["method"],
+                scope["raw_path"],
+                scope["query_string"],
+                list(scope["headers"]),
+                body,
+                scope["client"][1],
+            )
+        )
         path = scope["path"]
         if path == "/redirect":
             await respond(send, 302, [(b"location", b"/elsewhere"), (b"content-length", b"0")], b"")
@@ -140,8 +148,15 @@ def poll(predicate: Callable[[], Any], what: str, seconds: float = 5.0) -> None:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Upstream]:
     up = Upstream(port=free_port())
-    config = uvicorn.Config(upstream_app(up), host="127.0.0.1", port=up.port, log_level="warning",
-                            access_log=False, lifespan="on", timeout_keep_alive=30)
+    config = uvicorn.Config(
+        upstream_app(up),
+        host="127.0.0.1",
+        port=up.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+    )
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -180,8 +195,14 @@ async def read_all(response: UpstreamResponse) -> bytes:
         await response.aclose()
 
 
-async def get(fw: Forwarder, up: Upstream | int, target: bytes, method: str = "GET",
-              headers: list[tuple[bytes, bytes]] | None = None, body: Any = None) -> tuple[UpstreamResponse, bytes]:
+async def get(
+    fw: Forwarder,
+    up: Upstream | int,
+    target: bytes,
+    method: str = "GET",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    body: Any = None,
+) -> tuple[UpstreamResponse, bytes]:
     host = up.host if isinstance(up, Upstream) else b"127.0.0.1:%d" % up
     response = await fw.send("up", method, target, [(b"host", host), *(headers or [])], body)
     return response, await read_all(response)
@@ -234,8 +255,9 @@ async def test_streamed_body_without_length_is_sent_chunked(upstream: Upstream) 
 
 async def test_streamed_body_with_length_is_sent_as_is(upstream: Upstream) -> None:
     fw = forwarder(upstream.port)
-    _, body = await get(fw, upstream, b"/", method="PUT", headers=[(b"content-length", b"6")],
-                        body=pieces(b"abc", b"def"))
+    _, body = await get(
+        fw, upstream, b"/", method="PUT", headers=[(b"content-length", b"6")], body=pieces(b"abc", b"def")
+    )
     assert body == b"ok:abcdef"
     assert not any(name == b"transfer-encoding" for name, _ in upstream.seen[0].headers)
     await fw.aclose()
@@ -424,14 +446,20 @@ async def test_an_upstream_certificate_that_does_not_verify_is_502_upstream_unre
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .sign(key, hashes.SHA256())
     )
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     listener = socket.create_server(("127.0.0.1", 0))

@@ -552,6 +552,20 @@ async def test_trusted_issuer_token_accepted_when_entry_allows(
     assert requests == [f"{IDP}/jwks.json"]
 
 
+async def test_trusted_issuer_subject_prefix_names_every_party_at_the_proxy(
+    make_verifier: MakeVerifier, forge: Forge, idp_key: SigningKey
+) -> None:
+    # Rules, rate limits, revocation and audit see `okta:alice`: never our agents, never another IdP's alice.
+    entry = TrustedIssuerConfig(issuer=IDP, jwks_uri=f"{IDP}/jwks.json", accept_at_proxy=True, subject_prefix="okta:")
+    async with jwks_client({"keys": [idp_key.public_jwk()]}, []) as http:
+        verifier = make_verifier(trusted_issuers=[entry], jwks_http=http)
+        claims = idp_claims(act={"sub": "helper"})
+        principal = await verifier.verify(forge.signed(forge.header(kid="idp-1"), claims, key=idp_key.private_key))
+        assert (principal.agent, principal.subject) == ("okta:crm-app", "okta:alice@example.com")
+        assert principal.delegation == ("okta:helper",)
+        await verifier.aclose()
+
+
 async def test_trusted_issuer_keys_outside_its_algorithms_are_not_used(
     make_verifier: MakeVerifier, forge: Forge, idp_key: SigningKey
 ) -> None:
