@@ -205,6 +205,22 @@ class ProxyConfig(Model):
         return url
 
 
+RateSetting = Annotated[RateLimit | None, BeforeValidator(parse_rate_limit), WithJsonSchema(_RATE_SCHEMA)]
+
+
+class AuthFailureLimits(Model):
+    """Failed client authentications the token service takes before it answers 429 without checking (each check
+    of a secret costs tens of milliseconds of CPU by design). Only failures count: an agent that authenticates is
+    never slowed, and failures from elsewhere never lock it out of its own address."""
+
+    per_client: RateSetting = Field(
+        default="10/minute", validate_default=True, description="failures from one address naming one agent"
+    )
+    per_address: RateSetting = Field(
+        default="100/minute", validate_default=True, description="failures from one address, whatever it claims"
+    )
+
+
 class IssuerConfig(Model):
     listen: Listen = "127.0.0.1:8081"
     url: HttpUrl = "http://127.0.0.1:8081"
@@ -219,6 +235,7 @@ class IssuerConfig(Model):
     scope_ttl: dict[str, Duration] = Field(default_factory=dict)
     # Revocations when no Redis is configured: a journal every process on this machine reads and appends to.
     revocations_file: str = ".tollbooth/revocations.jsonl"
+    auth_failure_limits: AuthFailureLimits = Field(default_factory=AuthFailureLimits)
 
     @field_validator("scope_ttl")
     @classmethod
@@ -430,7 +447,7 @@ class RouteConfig(Model):
     methods: list[str] | None = None
     scopes: list[str] = Field(default_factory=list)
     delegation: Literal["allowed", "required", "forbidden"] = "allowed"
-    rate_limit: Annotated[RateLimit | None, BeforeValidator(parse_rate_limit), WithJsonSchema(_RATE_SCHEMA)] = None
+    rate_limit: RateSetting = None
     public: bool = False
 
     @field_validator("name")

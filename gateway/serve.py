@@ -234,7 +234,7 @@ async def run_gateway(
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
     proxy_app = ProxyApp(gateway.current, audit, state.problem, gateway.limiter)
-    issuer = IssuerApp(lambda: gateway.loaded.config, lambda: gateway.keys, state, audit)
+    issuer = IssuerApp(lambda: gateway.loaded.config, lambda: gateway.keys, state, audit, limiter=gateway.limiter)
     gateway._closers.append(issuer.aclose)
     apps: dict[str, tuple[object, str]] = {
         "proxy": (proxy_app, config.proxy.listen),

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
 from gateway.config import Config
-from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, SecretChecker
+from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, SecretChecker, claimed_client_id
 from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService, grant_revoked
 from gateway.issuer.keys import KeyStore
 from gateway.issuer.oauth import (
@@ -37,6 +37,7 @@ from gateway.issuer.oauth import (
     too_large,
 )
 from gateway.issuer.subjects import SubjectVerifier
+from gateway.issuer.throttle import AuthThrottle
 from gateway.issuer.tokens import (
     VERIFY_ALGORITHMS,
     InvalidToken,
@@ -48,6 +49,7 @@ from gateway.issuer.tokens import (
 from gateway.metrics import TOKEN_REQUESTS
 from gateway.proxy.stamp import request_id_from
 from gateway.state import SharedState, StateUnavailable, refresh_token_hash
+from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
 
 log = logging.getLogger("tollbooth.issuer")
 
@@ -118,6 +120,7 @@ class IssuerApp:
         state: SharedState,
         audit: AuditSink,
         *,
+        limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self._config = config
@@ -128,6 +131,7 @@ class IssuerApp:
         self._http = httpx2.AsyncClient(follow_redirects=False)
         self._parts: _Parts | None = None
         self._secrets = SecretChecker()  # outlives reloads: its cache is keyed by the stored hash
+        self._throttle = AuthThrottle(limiter if limiter is not None else LocalRateLimiter())
         self._subjects: tuple[tuple[object, ...], SubjectVerifier] | None = None
         self.app = Starlette(
             routes=[
@@ -200,7 +204,18 @@ class IssuerApp:
         form = await _read_form(request)
         request.state.form = form  # a refusal is audited with the client_id claimed, if authentication fails
         authorization = request.headers.get("authorization")
-        client = await parts.clients.authenticate(form, authorization, endpoint(parts.config, path))
+        address = request.client.host if request.client else ""
+        claimed = claimed_client_id(form, authorization, parts.config.agents)
+        request.state.claimed = claimed
+        wait = self._throttle.retry_after(address, claimed)
+        if wait is not None:
+            raise _throttled(wait)
+        try:
+            client = await parts.clients.authenticate(form, authorization, endpoint(parts.config, path))
+        except OAuthError as error:
+            if error.error == "invalid_client":
+                await self._throttle.failed(address, claimed, parts.config.issuer.auth_failure_limits)
+            raise
         return parts, form, client
 
     def _event(self, request: Request, kind: str, started: float, status: int, **fields: Any) -> AuditEvent:
@@ -228,7 +243,8 @@ class IssuerApp:
         log.info("token service refused %s: %s (%s)", request.url.path, error.error, error.reason)
         # Unauthenticated: the client_id it claimed, if it got as far as sending one (for the audit trail only).
         form: Form | None = getattr(request.state, "form", None)
-        agent = client.id if client else _audit_name(form.get("client_id") if form else None)
+        claimed: str | None = getattr(request.state, "claimed", None)
+        agent = client.id if client else claimed or _audit_name(form.get("client_id") if form else None)
         event = self._event(
             request, "token.denied", started, error.status, agent=agent, decision="deny", reason=error.reason
         )
@@ -407,6 +423,18 @@ async def _read_form(request: Request) -> Form:
         if len(body) > MAX_FORM_BYTES:
             raise too_large()
     return parse_form(content_type, bytes(body))
+
+
+def _throttled(wait: int) -> OAuthError:
+    # RFC 6749 §5.2 has no error for this; temporarily_unavailable is its §4.1.2.1 word for "try again later",
+    # and RFC 6585 §4 gives the status and Retry-After.
+    return OAuthError(
+        "temporarily_unavailable",
+        f"too many failed client authentications from this address; retry after {wait} s",
+        status=429,
+        reason="auth_throttled",
+        headers={"retry-after": str(wait)},
+    )
 
 
 def _audit_unavailable() -> OAuthError:

@@ -17,7 +17,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +150,27 @@ def basic_credentials(authorization: str) -> list[tuple[str, str]]:
         raise invalid_client("the Basic credentials must be client_id:client_secret", "malformed", basic=True)
     readings = [(unquote_plus(raw_id), unquote_plus(raw_secret)), (raw_id, raw_secret)]
     return list(dict.fromkeys(readings))
+
+
+def claimed_client_id(form: Form, authorization: str | None, agents: Iterable[str]) -> str | None:
+    """The configured agent a request claims to be, read without verifying anything (it counts failures before
+    the costly check); None when it names no agent of ours, however it is malformed."""
+    names = set(agents)
+    candidates: list[str] = []
+    if authorization is not None:
+        try:
+            candidates += [client_id for client_id, _ in basic_credentials(authorization)]
+        except OAuthError:
+            pass
+    candidates.append(form.get("client_id") or "")
+    assertion = form.get("client_assertion")
+    if assertion:
+        try:
+            issuer = parse_unverified(assertion).claims.get("iss")
+        except InvalidToken:
+            issuer = None
+        candidates.append(issuer if isinstance(issuer, str) else "")
+    return next((candidate for candidate in candidates if candidate in names), None)
 
 
 def _audiences(value: Any) -> list[str]:

@@ -1,0 +1,98 @@
+"""The failure throttle's decisions with a clock of our own: holds, refills, limits turned off, bounded memory;
+and which agent a request claims to be before anything is verified."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from gateway.config import AuthFailureLimits
+from gateway.issuer.clients import claimed_client_id
+from gateway.issuer.oauth import Form
+from gateway.issuer.throttle import AuthThrottle, failure_keys
+from gateway.state.ratelimit import LocalRateLimiter
+
+pytestmark = pytest.mark.anyio
+LIMITS = AuthFailureLimits(per_client="2/minute", per_address="100/minute")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def throttle(clock: Clock) -> AuthThrottle:
+    return AuthThrottle(LocalRateLimiter(clock=clock), clock=clock)
+
+
+async def test_held_after_the_budget_and_free_once_it_refills(throttle: AuthThrottle, clock: Clock) -> None:
+    for _ in range(2):
+        await throttle.failed("10.0.0.1", "bot", LIMITS)
+        assert throttle.retry_after("10.0.0.1", "bot") is None
+    await throttle.failed("10.0.0.1", "bot", LIMITS)
+    assert throttle.retry_after("10.0.0.1", "bot") == 30  # 2/minute: one more every 30 s
+    assert throttle.retry_after("10.0.0.2", "bot") is None and throttle.retry_after("10.0.0.1", "other") is None
+    clock.now += 29.5
+    assert throttle.retry_after("10.0.0.1", "bot") == 1  # rounded up, never 0
+    clock.now += 1
+    assert throttle.retry_after("10.0.0.1", "bot") is None
+
+
+async def test_a_limit_set_to_null_is_off(throttle: AuthThrottle) -> None:
+    off = AuthFailureLimits(per_client=None, per_address=None)
+    for _ in range(50):
+        await throttle.failed("10.0.0.1", "bot", off)
+    assert throttle.retry_after("10.0.0.1", "bot") is None
+
+
+async def test_holds_are_bounded(clock: Clock) -> None:
+    throttle = AuthThrottle(LocalRateLimiter(clock=clock), clock=clock, max_held=10)
+    tight = AuthFailureLimits(per_client="1/hour", per_address=None)
+    for n in range(50):
+        for _ in range(2):
+            await throttle.failed(f"10.0.1.{n}", None, tight)
+    assert len(throttle._held) == 10
+    assert throttle.retry_after("10.0.1.49", None) is not None
+
+
+def test_unknown_names_share_one_key_and_addresses_never_meet() -> None:
+    assert failure_keys("10.0.0.1", None) == failure_keys("10.0.0.1", None)
+    assert failure_keys("10.0.0.1", "bot")[1] == failure_keys("10.0.0.1", None)[1]
+    assert failure_keys("10.0.0.1", "bot")[0] != failure_keys("10.0.0.11", "bot")[0]
+
+
+def _basic(text: str) -> str:
+    return "Basic " + base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("values", "authorization", "expected"),
+    [
+        ({}, _basic("bot:secret"), "bot"),
+        ({}, _basic("stranger:secret"), None),
+        ({}, "Basic !!!", None),
+        ({"client_id": ["bot"]}, None, "bot"),
+        ({"client_id": ["nobody"]}, None, None),
+        ({"client_assertion": ["not.a.jwt"]}, None, None),
+        ({}, None, None),
+    ],
+)
+def test_the_claimed_agent_is_read_without_raising(
+    values: dict[str, list[str]], authorization: str | None, expected: str | None
+) -> None:
+    assert claimed_client_id(Form(values), authorization, ["bot"]) == expected
