@@ -137,7 +137,7 @@ def mint(config: Path) -> str:
 def export_public_pem(keys_dir: Path, dest: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from gateway.issuer.keys import KeyStore
+    from gateway.issuer.keystore import KeyStore
 
     key = KeyStore.load(keys_dir, "ES256", generate_if_empty=False).active
     dest.write_bytes(

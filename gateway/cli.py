@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from gateway import __version__
 from gateway.config import Config, ConfigError, LoadedConfig, config_schema, load_config, parse_duration
 from gateway.redis_url import redacted
+from gateway.tokens.jwk import SIGNING_ALGORITHMS
 
 DEFAULT_CONFIG = os.environ.get("TOLLBOOTH_CONFIG", "config/example.yaml")
 MAX_DEV_TOKEN_TTL = 86400.0
@@ -65,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_workers(argv, args.workers)
     import uvloop
 
-    from gateway.issuer.keys import KeyStoreError
+    from gateway.issuer.keystore import KeyStoreError
 
     reuse_port = os.environ.get("TOLLBOOTH_REUSE_PORT") == "1"
     try:
@@ -99,7 +100,7 @@ def _count(n: int, noun: str) -> str:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from gateway.explain import explain
-    from gateway.issuer.keys import KeyStoreError
+    from gateway.issuer.keystore import KeyStoreError
 
     if args.token and (args.scope or args.agent or args.subject or args.act):
         _fail("--token speaks for itself: leave out --scope, --agent, --subject and --act", 2)
@@ -149,8 +150,8 @@ def _explain_text(result: dict[str, Any]) -> str:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from gateway.issuer.keys import KeyStore, KeyStoreError
-    from gateway.issuer.tokens import act_claim, mint_access_token
+    from gateway.issuer.keystore import KeyStore, KeyStoreError
+    from gateway.tokens.access_token import act_claim, mint_access_token
 
     config = _load(args.config).config
     scopes = list(dict.fromkeys(s for chunk in args.scope for s in chunk.split()))
@@ -226,7 +227,7 @@ MAX_ACTIVATE_IN = 7 * 86400
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.issuer.keys import KeyStore, KeyStoreError, generate_key, prune_keys, rotate_keys, utc_text
+    from gateway.issuer.keystore import KeyStore, KeyStoreError, generate_key, prune_keys, rotate_keys, utc_text
 
     config = _load(args.config).config
     keys_dir = args.keys_dir or config.issuer.keys_dir
@@ -577,7 +578,7 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
         verb.add_argument("--keys-dir", help="override issuer.keys_dir")
         verb.set_defaults(func=cmd_keys)
     for verb in (rotate, generate):
-        verb.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256", "PS256"])
+        verb.add_argument("--algorithm", choices=SIGNING_ALGORITHMS)
         verb.add_argument(
             "--activate-in",
             default=None,
@@ -596,7 +597,7 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
         "paste under `agents:` in the gateway config. Needs no config.",
     )
     agent_key.add_argument("name", metavar="NAME", help="the agent's client_id")
-    agent_key.add_argument("--algorithm", choices=["ES256", "EdDSA", "RS256", "PS256"], default="ES256")
+    agent_key.add_argument("--algorithm", choices=SIGNING_ALGORITHMS, default="ES256")
     agent_key.add_argument("--out", metavar="FILE", help="where to write the private key (default: NAME.pem)")
     agent_key.add_argument("--force", action="store_true", help="replace FILE if it exists")
     agent_key.set_defaults(func=cmd_keys_agent)

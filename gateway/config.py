@@ -29,6 +29,8 @@ from pydantic import (
 
 from gateway.hosts import parse_authority
 from gateway.redis_url import parse_redis_url
+from gateway.tokens.jwk import VERIFY_ALGORITHMS, SigningAlgorithm, VerifyAlgorithm
+from gateway.tokens.jwks import JwksError, parse_jwks
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -225,7 +227,7 @@ class IssuerConfig(Model):
     listen: Listen = "127.0.0.1:8081"
     url: HttpUrl = "http://127.0.0.1:8081"
     keys_dir: str = ".tollbooth/keys"
-    algorithm: Literal["ES256", "EdDSA", "RS256", "PS256"] = "ES256"
+    algorithm: SigningAlgorithm = "ES256"
     access_token_ttl: Duration = 300
     # The whole life of a refresh-token family (a delegated grant): rotation never extends it.
     refresh_token_ttl: Duration = 8 * 3600
@@ -406,14 +408,16 @@ class AgentConfig(Model):
 _PREFIX = re.compile(r"^[A-Za-z0-9._:/@-]*$")
 
 
+# What identity providers sign with, unless an entry says otherwise (ES384 only on request).
+_IDP_DEFAULT_ALGORITHMS: tuple[VerifyAlgorithm, ...] = ("ES256", "RS256", "PS256", "EdDSA")
+
+
 class TrustedIssuerConfig(Model):
     issuer: str
     jwks_uri: str
     audiences: list[str] = Field(default_factory=list)
     accept_at_proxy: bool = False
-    algorithms: list[Literal["ES256", "ES384", "EdDSA", "RS256", "PS256"]] = Field(
-        default_factory=lambda: ["ES256", "RS256", "PS256", "EdDSA"]
-    )
+    algorithms: list[VerifyAlgorithm] = Field(default_factory=lambda: list(_IDP_DEFAULT_ALGORITHMS))
     subject_prefix: str = ""
 
     @field_validator("subject_prefix")
@@ -936,7 +940,6 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
 def _resolve_agent_keys(config: Config, path: Path, problems: list[str]) -> dict[str, AgentConfig]:
     """Read each agent's `jwks_file` (relative to the config file) into `jwks`, and check every agent JWKS has a
     usable public key, so a broken key file fails `tollbooth check` rather than the agent's first token request."""
-    from gateway.proxy.jwks import JwksError, parse_jwks  # the JWKS parser imports this module
 
     agents: dict[str, AgentConfig] = {}
     for name, agent in config.agents.items():
@@ -956,7 +959,7 @@ def _resolve_agent_keys(config: Config, path: Path, problems: list[str]) -> dict
             agents[name] = agent
             continue
         try:
-            parsed = parse_jwks(document, ("ES256", "ES384", "EdDSA", "RS256", "PS256"))
+            parsed = parse_jwks(document, VERIFY_ALGORITHMS)
         except JwksError as exc:
             where = "jwks_file" if agent.jwks_file else "jwks"
             problems.append(f"{path}: agents.{name}: {where}: {exc}")

@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from gateway.config import LoadedConfig
-from gateway.issuer.keys import public_members, thumbprint
 from gateway.serve import QuietServer, run_gateway
+from gateway.tokens.jwk import public_members, thumbprint
 
 _CUSTOMERS = {
     "42": {"id": "42", "name": "Ada Lovelace", "email": "ada@example.com", "plan": "enterprise"},

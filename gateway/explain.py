@@ -7,11 +7,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import Config
-from gateway.issuer.keys import KeyStore
+from gateway.issuer.keystore import KeyStore
 from gateway.principal import Principal
 from gateway.proxy.authorize import PathRejected, RouteTable, authorize, normalize_path
 from gateway.proxy.identify import TokenRejected
-from gateway.snapshot import verifier_for
+from gateway.proxy.snapshot import verifier_for
 from gateway.state import RevocationList
 
 # The proxy answers this prefix itself for GET and HEAD (RFC 9728 metadata, see proxy/app.py): no route applies.

@@ -27,14 +27,16 @@ from gateway.audit.sinks import AuditSink, FileSink
 from gateway.audit.streams import RedisStreamSink
 from gateway.config import LoadedConfig, ProxyConfig
 from gateway.issuer.app import IssuerApp
-from gateway.issuer.keys import KeyStore, KeyStoreError, SigningKey
+from gateway.issuer.keystore import KeyStore, KeyStoreError
 from gateway.proxy.app import ProxyApp
 from gateway.proxy.protocol import OnRefuse, guarded_protocol
+from gateway.proxy.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
 from gateway.redis_connect import REDIS_FAILURES, async_client
 from gateway.reload import ConfigWatcher
-from gateway.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
 from gateway.state import RevocationList, SharedState, open_state
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter, open_rate_limiter
+from gateway.tokens.jwk import SigningKey
+from gateway.trust import JwksCaches
 
 log = logging.getLogger("tollbooth")
 
@@ -92,6 +94,7 @@ class Gateway:
     audit: AuditSink
     state: SharedState
     limiter: RateLimiter = field(default_factory=LocalRateLimiter)
+    jwks: JwksCaches = field(default_factory=JwksCaches)  # the trusted issuers' keys, for proxy and issuer alike
     snapshot: Snapshot | None = None
     leases: Leases = field(default_factory=Leases)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -110,6 +113,7 @@ class Gateway:
             loaded.config,
             keys=self.verification_keys,
             revocations=self.revocations,
+            jwks=self.jwks,
             leases=self.leases,
             previous=previous,
         )
@@ -198,6 +202,7 @@ class Gateway:
         if self.snapshot is not None:
             await self.snapshot.forwarder.aclose()
             await self.snapshot.verifier.aclose()
+        await self.jwks.aclose()
         for closer in self._closers:
             await closer()
 
@@ -234,7 +239,9 @@ async def run_gateway(
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
     proxy_app = ProxyApp(gateway.current, audit, state.problem, gateway.limiter)
-    issuer = IssuerApp(lambda: gateway.loaded.config, lambda: gateway.keys, state, audit, limiter=gateway.limiter)
+    issuer = IssuerApp(
+        lambda: gateway.loaded.config, lambda: gateway.keys, state, audit, limiter=gateway.limiter, jwks=gateway.jwks
+    )
     gateway._closers.append(issuer.aclose)
     apps: dict[str, tuple[object, str]] = {
         "proxy": (proxy_app, config.proxy.listen),

@@ -205,8 +205,8 @@ class Gateway:
         ttl: float = 300,
         **extra: Any,
     ) -> str:
-        from gateway.issuer.keys import KeyStore
-        from gateway.issuer.tokens import mint_access_token
+        from gateway.issuer.keystore import KeyStore
+        from gateway.tokens.access_token import mint_access_token
 
         keys = KeyStore.load(self.dir / "keys", "ES256", generate_if_empty=False)
         token, _ = mint_access_token(

@@ -21,7 +21,8 @@ from argon2 import PasswordHasher
 
 from gateway import __version__
 from gateway.cli import main
-from gateway.issuer.keys import SigningKey, generate_key, utc_text
+from gateway.issuer.keystore import generate_key, utc_text
+from gateway.tokens.jwk import SigningKey
 
 CONFIG = """\
 version: 1

@@ -192,7 +192,7 @@ def revoke_cli(gw: Gateway, *args: str) -> None:
 
 def signed_by_gateway(gw: Gateway, **claims: object) -> str:
     """A token signed with the gateway's own key, bypassing mint_access_token's checks."""
-    from gateway.issuer.keys import KeyStore
+    from gateway.issuer.keystore import KeyStore
 
     key = KeyStore.load(gw.dir / "keys", "ES256", generate_if_empty=False).active
     now = int(time.time())
@@ -212,8 +212,8 @@ def signed_by_gateway(gw: Gateway, **claims: object) -> str:
 
 def mint_at(gw: Gateway, *, issued_at: float, ttl: float = 60, agent: str = "billing-bot", **kwargs: Any) -> str:
     """One of the gateway's own tokens issued at `issued_at` (in the past: already expired)."""
-    from gateway.issuer.keys import KeyStore
-    from gateway.issuer.tokens import mint_access_token
+    from gateway.issuer.keystore import KeyStore
+    from gateway.tokens.access_token import mint_access_token
 
     keys = KeyStore.load(gw.dir / "keys", "ES256", generate_if_empty=False)
     kwargs.setdefault("scopes", ["crm.read"])

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.client.errors import TollboothError
-from gateway.issuer.keys import public_members, thumbprint
+from gateway.tokens.jwk import public_members, thumbprint
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # An assertion is for one request: a short life bounds what a captured one is worth (RFC 7523 §3, item 4).

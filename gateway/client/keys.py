@@ -13,9 +13,9 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from gateway.client.errors import TollboothError
-from gateway.issuer.keys import new_private_key, public_members, thumbprint
+from gateway.tokens.jwk import SIGNING_ALGORITHMS, new_private_key, public_members, thumbprint
 
-AGENT_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
+AGENT_ALGORITHMS = SIGNING_ALGORITHMS  # an agent signs its assertions as we sign tokens
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 
 

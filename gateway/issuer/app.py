@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,7 +24,7 @@ from gateway.audit.sinks import AuditSink
 from gateway.config import Config
 from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, SecretChecker, claimed_client_id
 from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService, grant_revoked
-from gateway.issuer.keys import KeyStore
+from gateway.issuer.keystore import KeyStore
 from gateway.issuer.oauth import (
     MAX_FORM_BYTES,
     NO_STORE,
@@ -38,7 +37,10 @@ from gateway.issuer.oauth import (
 )
 from gateway.issuer.subjects import SubjectVerifier
 from gateway.issuer.throttle import AuthThrottle
-from gateway.issuer.tokens import (
+from gateway.metrics import TOKEN_REQUESTS
+from gateway.state import SharedState, StateUnavailable, refresh_token_hash
+from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
+from gateway.tokens.access_token import (
     VERIFY_ALGORITHMS,
     InvalidToken,
     delegation_chain,
@@ -46,10 +48,8 @@ from gateway.issuer.tokens import (
     validate_claims,
     verify_signature,
 )
-from gateway.metrics import TOKEN_REQUESTS
-from gateway.proxy.stamp import request_id_from
-from gateway.state import SharedState, StateUnavailable, refresh_token_hash
-from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
+from gateway.tracing import request_id_from
+from gateway.trust import JwksCaches, TrustedIssuers
 
 log = logging.getLogger("tollbooth.issuer")
 
@@ -121,6 +121,7 @@ class IssuerApp:
         audit: AuditSink,
         *,
         limiter: RateLimiter | None = None,
+        jwks: JwksCaches | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self._config = config
@@ -128,11 +129,11 @@ class IssuerApp:
         self._state = state
         self._audit = audit
         self._clock = clock
-        self._http = httpx2.AsyncClient(follow_redirects=False)
+        self._owns_jwks = jwks is None
+        self._jwks = jwks if jwks is not None else JwksCaches()
         self._parts: _Parts | None = None
         self._secrets = SecretChecker()  # outlives reloads: its cache is keyed by the stored hash
         self._throttle = AuthThrottle(limiter if limiter is not None else LocalRateLimiter())
-        self._subjects: tuple[tuple[object, ...], SubjectVerifier] | None = None
         self.app = Starlette(
             routes=[
                 Route(TOKEN_PATH, self.token, methods=["POST"]),
@@ -150,7 +151,8 @@ class IssuerApp:
         await self.app(scope, receive, send)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_jwks:
+            await self._jwks.aclose()
         self._secrets.close()
 
     def _current(self) -> _Parts:
@@ -179,21 +181,20 @@ class IssuerApp:
         return self._parts
 
     def _subject_verifier(self, config: Config) -> SubjectVerifier:
-        # Kept across reloads that leave it unchanged, so the trusted issuers' JWKS caches stay warm.
-        inputs = (config.issuer.url, config.proxy.public_url, tuple(config.trusted_issuers), config.proxy.clock_leeway)
-        if self._subjects is None or self._subjects[0] != inputs:
-            verifier = SubjectVerifier(
-                issuer=config.issuer.url,
-                public_url=config.proxy.public_url,
-                keys=lambda: self._keys().verification_keys(),
-                trusted_issuers=config.trusted_issuers,
-                revocations=self._state.revocations,
-                http=self._http,
-                leeway=config.proxy.clock_leeway,
-                clock=self._clock,
-            )
-            self._subjects = (inputs, verifier)
-        return self._subjects[1]
+        # The trusted issuers' JWKS caches live in self._jwks, so they stay warm across reloads.
+        trust = TrustedIssuers(
+            issuer=config.issuer.url,
+            own_keys=lambda: self._keys().verification_keys(),
+            trusted=config.trusted_issuers,
+            caches=self._jwks,
+        )
+        return SubjectVerifier(
+            public_url=config.proxy.public_url,
+            trust=trust,
+            revocations=self._state.revocations,
+            leeway=config.proxy.clock_leeway,
+            clock=self._clock,
+        )
 
     async def _authenticated(self, request: Request, path: str) -> tuple[_Parts, Form, Client]:
         parts = self._current()

@@ -27,11 +27,17 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from gateway.config import AgentConfig
-from gateway.issuer.keys import SigningKey
 from gateway.issuer.oauth import Form, OAuthError, invalid_request
-from gateway.issuer.tokens import FORBIDDEN_HEADERS, VERIFY_ALGORITHMS, InvalidToken, parse_unverified, verify_signature
-from gateway.proxy.jwks import parse_jwks
 from gateway.state import SharedState
+from gateway.tokens.access_token import (
+    FORBIDDEN_HEADERS,
+    VERIFY_ALGORITHMS,
+    InvalidToken,
+    parse_unverified,
+    verify_signature,
+)
+from gateway.tokens.jwk import SigningKey
+from gateway.tokens.jwks import parse_jwks
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 # RFC 7523 §3 item 4 lets the server refuse assertions that expire "unreasonably far in the future"; the jti

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.issuer.clients import Client
-from gateway.issuer.keys import SigningKey
 from gateway.issuer.oauth import Form, OAuthError, invalid_request
 from gateway.issuer.subjects import SubjectVerifier
-from gateway.issuer.tokens import (
+from gateway.state import RefreshGrant, RefreshReused, RevocationList, SharedState, refresh_token_hash
+from gateway.tokens.access_token import (
     SCOPE_TOKEN,
     InvalidToken,
     SubjectToken,
@@ -27,7 +27,7 @@ from gateway.issuer.tokens import (
     mint_access_token,
     repeated_party,
 )
-from gateway.state import RefreshGrant, RefreshReused, RevocationList, SharedState, refresh_token_hash
+from gateway.tokens.jwk import SigningKey
 
 # Protocol identifiers, not secrets (hence the noqa for the password heuristic).
 CLIENT_CREDENTIALS = "client_credentials"

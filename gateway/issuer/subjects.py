@@ -9,76 +9,63 @@ the issuer URL: without it no chain could grow past one hop.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-
-import httpx2
+from collections.abc import Callable
 
 from gateway.config import TrustedIssuerConfig
-from gateway.issuer.keys import SigningKey
-from gateway.issuer.tokens import (
-    ACCESS_TOKEN_TYPES,
+from gateway.state import RevocationList
+from gateway.tokens.access_token import (
     SUBJECT_TOKEN_TYPES,
     InvalidToken,
     SubjectToken,
-    check_header,
     delegation_chain,
     namespaced,
-    parse_unverified,
     validate_claims,
     validate_subject_claims,
-    verify_signature,
 )
-from gateway.proxy.jwks import JwksCache
-from gateway.state import RevocationList
+from gateway.trust import TrustedIssuers
 
 
 class SubjectVerifier:
     def __init__(
         self,
         *,
-        issuer: str,
         public_url: str,
-        keys: Callable[[], dict[str, SigningKey]],
-        trusted_issuers: Sequence[TrustedIssuerConfig],
+        trust: TrustedIssuers,
         revocations: RevocationList,
-        http: httpx2.AsyncClient,
         leeway: float,
         clock: Callable[[], float] = time.time,
     ):
-        self._issuer = issuer
+        self._trust = trust
         self._public_url = public_url
-        self._keys = keys
         self._revocations = revocations
         self._leeway = leeway
         self._clock = clock
-        self._trusted = {t.issuer: t for t in trusted_issuers if t.issuer != issuer}
-        self._jwks = {name: JwksCache(entry, http) for name, entry in self._trusted.items()}
+
+    def _admit(self, issuer: object) -> TrustedIssuerConfig:
+        entry = self._trust.entries.get(issuer) if isinstance(issuer, str) else None
+        if entry is None:
+            raise InvalidToken("wrong_issuer", "The subject token's issuer is not a trusted issuer")
+        return entry
 
     async def verify(self, token: str) -> SubjectToken:
         """The verified subject token, or InvalidToken saying what is wrong with it."""
-        unverified = parse_unverified(token)
-        issuer = unverified.claims.get("iss")
-        ours = issuer == self._issuer
-        if not ours and not (isinstance(issuer, str) and issuer in self._trusted):
-            raise InvalidToken("wrong_issuer", "The subject token's issuer is not a trusted issuer")
-        kid, alg = check_header(unverified.header, accepted_types=ACCESS_TOKEN_TYPES if ours else SUBJECT_TOKEN_TYPES)
-        key = self._keys().get(kid) if ours else await self._jwks[issuer].get(kid)
-        if key is None:
-            raise InvalidToken("unknown_kid", "The subject token was signed with an unknown key")
-        claims = verify_signature(token, alg, key)
+        signed = await self._trust.verify(
+            token, admit=self._admit, external_types=SUBJECT_TOKEN_TYPES, noun="subject token"
+        )
+        claims, issuer, entry = signed.claims, signed.issuer, signed.entry
         now = self._clock()
-        if ours:
-            audiences = [self._issuer, self._public_url]
+        if entry is None:
+            audiences = [issuer, self._public_url]
             # Our own token must be a whole, unrevoked access token: the same checks as at the proxy.
             aud = claims.get("aud")
-            audience = next((a for a in audiences if a == aud or (isinstance(aud, list) and a in aud)), self._issuer)
-            principal = validate_claims(claims, issuer=self._issuer, audience=audience, now=now, leeway=self._leeway)
+            audience = next((a for a in audiences if a == aud or (isinstance(aud, list) and a in aud)), issuer)
+            principal = validate_claims(claims, issuer=issuer, audience=audience, now=now, leeway=self._leeway)
             revoked = self._revocations.is_revoked(principal)
         else:
-            audiences = self._trusted[issuer].audiences or [self._issuer]
+            audiences = entry.audiences or [self._trust.issuer]
         subject = validate_subject_claims(claims, issuer=issuer, audiences=audiences, now=now, leeway=self._leeway)
-        if not ours:
-            subject = namespaced(subject, self._trusted[issuer].subject_prefix)
+        if entry is not None:
+            subject = namespaced(subject, entry.subject_prefix)
             # `tollbooth revoke --subject` (or `--agent` for an actor already in its chain) covers a user's token
             # from an identity provider too, or an agent could exchange it again after the cut-off and start afresh.
             revoked = self._revocations.is_cut_off("", subject.subject, subject.issued_at) or (

@@ -24,10 +24,10 @@ from gateway.proxy.errors import error_response, metadata_resource_for, protecte
 from gateway.proxy.forward import BodyTooLarge, UpstreamError, UpstreamResponse
 from gateway.proxy.identify import TokenRejected, extract_bearer
 from gateway.proxy.ratelimit import client_address, limit_key, limited_description, retry_after_header
-from gateway.proxy.stamp import downstream_response_headers, request_id_from, upstream_request_headers
-from gateway.snapshot import Snapshot
+from gateway.proxy.snapshot import Snapshot
+from gateway.proxy.stamp import downstream_response_headers, upstream_request_headers
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
-from gateway.tracing import TraceContext, continue_or_start
+from gateway.tracing import TraceContext, continue_or_start, request_id_from
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -1,7 +1,8 @@
 """The proxy's first step: bearer token → verified claims → Principal.
 
 `extract_bearer` finds the token (RFC 6750 §2.1 only); `Verifier.verify` checks it (RFC 9068 §4, RFC 8725) with
-the steps in gateway.issuer.tokens, the key chosen by `iss` + `kid` among our own keys or a trusted issuer's JWKS,
+the steps in gateway.tokens.access_token and the key gateway.trust finds by `iss` + `kid` (our own keys or a trusted
+issuer's JWKS),
 caches the result until the token expires, and consults the revocation list on every call, cached or not.
 Failures are TokenRejected, which carries the RFC 6750 §3.1 error code and HTTP status for errors.py.
 """
@@ -14,15 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from urllib.parse import parse_qsl
 
-import httpx2
-
 from gateway.config import TrustedIssuerConfig
-from gateway.issuer.keys import SigningKey
-from gateway.issuer.tokens import InvalidToken, check_header, parse_unverified, validate_claims, verify_signature
 from gateway.metrics import TOKEN_VERIFICATIONS
 from gateway.principal import Principal
-from gateway.proxy.jwks import JwksCache
 from gateway.state import RevocationList
+from gateway.tokens.access_token import InvalidToken, validate_claims
+from gateway.tokens.jwk import SigningKey
+from gateway.trust import JwksCaches, TrustedIssuers
 
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 §2.1 b64token
 _CACHED = TOKEN_VERIFICATIONS.labels(outcome="cached")  # bound once: .labels() costs more than a cache hit
@@ -98,31 +97,18 @@ class Verifier:
         max_token_bytes: int = 8192,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
-        jwks_http: httpx2.AsyncClient | None = None,
+        jwks: JwksCaches | None = None,
     ):
-        self._issuer = issuer
         self._audience = audience
-        self._keys = keys
         self._revocations = revocations
         self._leeway = leeway
         self._max_token_bytes = max_token_bytes
         self._cache_size = cache_size
         self._clock = clock
         self._cache: dict[str, Principal] = {}  # token -> principal; insertion order is age order
-        self._jwks: dict[str, JwksCache] = {}
-        self._not_at_proxy: set[str] = set()
-        self._prefixes = {t.issuer: t.subject_prefix for t in trusted_issuers if t.issuer != issuer}
-        self._owned_http: httpx2.AsyncClient | None = None
-        for trusted in trusted_issuers:
-            if trusted.issuer == issuer:
-                continue  # our own keys, never a JWKS fetched for our own name
-            if not trusted.accept_at_proxy:
-                # DESIGN.md: its tokens are subject tokens for token exchange, never bearer tokens here.
-                self._not_at_proxy.add(trusted.issuer)
-            elif trusted.issuer not in self._jwks:
-                if jwks_http is None:
-                    jwks_http = self._owned_http = httpx2.AsyncClient(follow_redirects=False)
-                self._jwks[trusted.issuer] = JwksCache(trusted, jwks_http, clock=clock)
+        caches = jwks if jwks is not None else JwksCaches(clock=clock)
+        self._owned_jwks = None if jwks is not None else caches  # `tollbooth explain` and tests bring none
+        self._trust = TrustedIssuers(issuer=issuer, own_keys=keys, trusted=trusted_issuers, caches=caches)
 
     async def verify(self, token: str) -> Principal:
         """The caller behind `token`, or TokenRejected(401, "invalid_token")."""
@@ -152,30 +138,33 @@ class Verifier:
         return principal
 
     async def aclose(self) -> None:
-        for jwks in self._jwks.values():
-            await jwks.aclose()
-        if self._owned_http is not None:
-            await self._owned_http.aclose()
+        if self._owned_jwks is not None:
+            await self._owned_jwks.aclose()
 
-    async def _verify_uncached(self, token: str, now: float) -> Principal:
-        unverified = parse_unverified(token)
-        kid, alg = check_header(unverified.header)
-        issuer = unverified.claims.get("iss")
+    def _admit(self, issuer: object) -> TrustedIssuerConfig:
         if issuer is None:
             raise InvalidToken("missing_claim", "The access token has no iss claim")
         if not isinstance(issuer, str):
             raise InvalidToken("bad_claim", "The access token's iss claim is not a string")
-        key = await self._key_for(issuer, kid)
-        claims = verify_signature(token, alg, key)
+        entry = self._trust.entries.get(issuer)
+        if entry is None:
+            raise InvalidToken("wrong_issuer", "The access token was not issued by a trusted issuer")
+        if not entry.accept_at_proxy:
+            # DESIGN.md: its tokens are subject tokens for token exchange, never bearer tokens here.
+            raise InvalidToken("issuer_not_accepted", "Tokens from this issuer are not accepted at this resource")
+        return entry
+
+    async def _verify_uncached(self, token: str, now: float) -> Principal:
+        signed = await self._trust.verify(token, admit=self._admit)
         principal = validate_claims(
-            claims,
-            issuer=issuer,
+            signed.claims,
+            issuer=signed.issuer,
             audience=self._audience,
             now=now,
             leeway=self._leeway,
-            allow_azp=issuer != self._issuer,
+            allow_azp=signed.entry is not None,
         )
-        prefix = self._prefixes.get(issuer, "")
+        prefix = signed.entry.subject_prefix if signed.entry else ""
         if not prefix:
             return principal
         # trusted_issuers[].subject_prefix: every party an identity provider names lives in its own namespace.
@@ -185,20 +174,6 @@ class Verifier:
             subject=prefix + principal.subject,
             delegation=tuple(prefix + actor for actor in principal.delegation),
         )
-
-    async def _key_for(self, issuer: str, kid: str) -> SigningKey:
-        """The key named by the (still unverified) `iss` and `kid`; RFC 8725 §3.8: the key must be the issuer's."""
-        if issuer == self._issuer:
-            key = self._keys().get(kid)
-        elif issuer in self._jwks:
-            key = await self._jwks[issuer].get(kid)
-        elif issuer in self._not_at_proxy:
-            raise InvalidToken("issuer_not_accepted", "Tokens from this issuer are not accepted at this resource")
-        else:
-            raise InvalidToken("wrong_issuer", "The access token was not issued by a trusted issuer")
-        if key is None:
-            raise InvalidToken("unknown_kid", "The access token was signed with an unknown key")
-        return key
 
     def _remember(self, token: str, principal: Principal, now: float) -> None:
         if self._cache_size <= 0:

@@ -7,7 +7,6 @@ passed on as they came. Everything here runs on every request: set lookups and C
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -156,11 +155,6 @@ _REQUEST_OWNED = _REQUEST_DROP | _FORWARDED | SPOOFABLE_REQUEST_HEADERS | {b"hos
 # The upstream's Date goes too: the server adds its own to every response, and two Date fields are invalid.
 _RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id", b"traceparent", b"date"}
 
-# Request ids we keep: 1-128 of [A-Za-z0-9._:-]. Enough for UUIDs, ULIDs and "svc:123" styles, and free of
-# anything that could split a header, a log line or an audit field.
-_REQUEST_ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
-_REQUEST_ID_MAX = 128
-
 # identity_header_value: visible ASCII (RFC 9110 §5.5 VCHAR) passes, except '%' (the escape itself), ',' (list
 # separator, RFC 9110 §5.6.1) and '"' '\' (quoted-string delimiters, RFC 9110 §5.6.4, which list parsers honour).
 _IDENTITY_UNSAFE = b'%,"\\'
@@ -182,25 +176,6 @@ def identity_header_value(value: str) -> bytes:
     if not raw.translate(None, _IDENTITY_SAFE):  # common case: nothing to escape
         return raw
     return b"".join([_PERCENT_ENCODED[b] for b in raw])
-
-
-def _new_request_id() -> str:
-    # A version-4 UUID (RFC 9562 §5.4) built straight from os.urandom, as uuid.uuid4().hex, at a third of the cost.
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
-
-
-def request_id_from(value: bytes | None) -> str:
-    """Keep a well-formed incoming X-Request-Id (1-128 chars of [A-Za-z0-9._:-]), else make a uuid4 hex.
-
-    The caller's id is kept so its logs and ours correlate; anything else (empty, too long, spaces, CR/LF,
-    non-ASCII, quotes) is replaced rather than cleaned, since a partial id would correlate with nothing.
-    """
-    if value and len(value) <= _REQUEST_ID_MAX and not value.translate(None, _REQUEST_ID_CHARS):
-        return value.decode("ascii")
-    return _new_request_id()
 
 
 def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from gateway.client.credentials import ASSERTION_TYPE, ClientSecret, PrivateKeyJwt, algorithm_for
 from gateway.client.errors import TollboothError
 from gateway.client.keys import generate_agent_key
-from gateway.proxy.jwks import parse_jwks
+from gateway.tokens.jwks import parse_jwks
 
 
 def test_client_secret_basic_form_encodes_before_base64():

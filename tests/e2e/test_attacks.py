@@ -26,7 +26,8 @@ from jwt.algorithms import ECAlgorithm
 from raw_http import Watch, bearer, exchange, parse_responses, request, send_raw
 from support import Gateway, Upstream
 
-from gateway.issuer.keys import KeyStore, SigningKey
+from gateway.issuer.keystore import KeyStore
+from gateway.tokens.jwk import SigningKey
 
 # --- forging tokens -----------------------------------------------------------------------------------------------
 

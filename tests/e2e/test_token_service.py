@@ -479,7 +479,7 @@ def test_jwks_publishes_the_signing_key_and_no_private_part(gw: Gateway):
 
 
 def test_jwks_keeps_the_previous_key_after_rotation_and_its_tokens_keep_working(gw: Gateway):
-    from gateway.issuer.keys import rotate_keys
+    from gateway.issuer.keystore import rotate_keys
 
     before = PLAIN.access_token(gw)
     old_kid = header_of(before)["kid"]
@@ -496,7 +496,7 @@ def test_jwks_keeps_the_previous_key_after_rotation_and_its_tokens_keep_working(
 
 
 def test_a_key_rotated_with_activate_in_is_published_first_and_signs_later(gw: Gateway):
-    from gateway.issuer.keys import rotate_keys
+    from gateway.issuer.keystore import rotate_keys
 
     old_kid = header_of(PLAIN.access_token(gw))["kid"]
     new = rotate_keys(gw.dir / "keys", "ES256", token_lifetime=600, activate_in=4).generated
@@ -516,7 +516,7 @@ def test_a_key_rotated_with_activate_in_is_published_first_and_signs_later(gw: G
 def test_a_reload_that_changes_the_algorithm_switches_the_signing_key(
     upstream: Upstream, tmp_path_factory: pytest.TempPathFactory
 ):
-    from gateway.issuer.keys import generate_key
+    from gateway.issuer.keystore import generate_key
 
     gateway = start_gateway(
         tmp_path_factory.mktemp("algorithm"),

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.issuer.grants import nest_act
-from gateway.issuer.tokens import (
+from gateway.tokens.access_token import (
     InvalidToken,
     SubjectToken,
     act_claim,

@@ -26,22 +26,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support import Upstream, start_gateway, wait_until
 
 from gateway.config import Config, load_config
-from gateway.issuer.keys import (
+from gateway.issuer.keystore import (
     RELOAD_MARGIN,
-    SIGNING_ALGORITHMS,
     KeyStore,
     KeyStoreError,
-    SigningKey,
     generate_key,
     key_file_name,
     key_statuses,
     prune_keys,
-    public_members,
     rotate_keys,
-    thumbprint,
 )
-from gateway.issuer.tokens import mint_access_token
 from gateway.serve import Gateway
+from gateway.tokens.access_token import mint_access_token
+from gateway.tokens.jwk import SIGNING_ALGORITHMS, SigningKey, public_members, thumbprint
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 

@@ -9,8 +9,8 @@ import json
 import jwt
 import pytest
 
-from gateway.issuer.keys import SIGNING_ALGORITHMS, KeyStore, SigningKey
-from gateway.issuer.tokens import (
+from gateway.issuer.keystore import KeyStore
+from gateway.tokens.access_token import (
     InvalidToken,
     check_header,
     delegation_chain,
@@ -19,6 +19,7 @@ from gateway.issuer.tokens import (
     validate_claims,
     verify_signature,
 )
+from gateway.tokens.jwk import SIGNING_ALGORITHMS, SigningKey
 
 ISSUER = "http://127.0.0.1:8081"
 AUDIENCE = "http://127.0.0.1:8080"

@@ -19,11 +19,13 @@ from jwt.algorithms import get_default_algorithms
 from prometheus_client import REGISTRY
 
 from gateway.config import TrustedIssuerConfig
-from gateway.issuer.keys import KeyStore, SigningKey
-from gateway.issuer.tokens import REQUIRED_CLAIMS, mint_access_token
+from gateway.issuer.keystore import KeyStore
 from gateway.principal import Principal
 from gateway.proxy.identify import TokenRejected, Verifier, extract_bearer
 from gateway.state import RevocationList
+from gateway.tokens.access_token import REQUIRED_CLAIMS, mint_access_token
+from gateway.tokens.jwk import SigningKey
+from gateway.trust import JwksCaches
 
 pytestmark = pytest.mark.anyio
 
@@ -541,7 +543,7 @@ async def test_trusted_issuer_token_accepted_when_entry_allows(
     requests: list[str] = []
     entry = TrustedIssuerConfig(issuer=IDP, jwks_uri=f"{IDP}/jwks.json", accept_at_proxy=True)
     async with jwks_client({"keys": [idp_key.public_jwk()]}, requests) as http:
-        verifier = make_verifier(trusted_issuers=[entry], jwks_http=http)
+        verifier = make_verifier(trusted_issuers=[entry], jwks=JwksCaches(http))
         token = forge.signed(forge.header(kid="idp-1"), idp_claims(), key=idp_key.private_key)
         principal = await verifier.verify(token)
         assert (principal.issuer, principal.agent, principal.subject) == (IDP, "crm-app", "alice@example.com")
@@ -558,7 +560,7 @@ async def test_trusted_issuer_subject_prefix_names_every_party_at_the_proxy(
     # Rules, rate limits, revocation and audit see `okta:alice`: never our agents, never another IdP's alice.
     entry = TrustedIssuerConfig(issuer=IDP, jwks_uri=f"{IDP}/jwks.json", accept_at_proxy=True, subject_prefix="okta:")
     async with jwks_client({"keys": [idp_key.public_jwk()]}, []) as http:
-        verifier = make_verifier(trusted_issuers=[entry], jwks_http=http)
+        verifier = make_verifier(trusted_issuers=[entry], jwks=JwksCaches(http))
         claims = idp_claims(act={"sub": "helper"})
         principal = await verifier.verify(forge.signed(forge.header(kid="idp-1"), claims, key=idp_key.private_key))
         assert (principal.agent, principal.subject) == ("okta:crm-app", "okta:alice@example.com")
@@ -571,7 +573,7 @@ async def test_trusted_issuer_keys_outside_its_algorithms_are_not_used(
 ) -> None:
     entry = TrustedIssuerConfig(issuer=IDP, jwks_uri=f"{IDP}/jwks.json", accept_at_proxy=True, algorithms=["RS256"])
     async with jwks_client({"keys": [idp_key.public_jwk()]}, []) as http:
-        verifier = make_verifier(trusted_issuers=[entry], jwks_http=http)
+        verifier = make_verifier(trusted_issuers=[entry], jwks=JwksCaches(http))
         token = forge.signed(forge.header(kid="idp-1"), idp_claims(), key=idp_key.private_key)
         assert (await rejected(verifier, token)).reason == "unknown_kid"
 
@@ -582,5 +584,5 @@ async def test_our_keys_never_verify_a_trusted_issuers_token(
     # Signed with our key, claiming the IdP: the IdP's JWKS has no such kid.
     entry = TrustedIssuerConfig(issuer=IDP, jwks_uri=f"{IDP}/jwks.json", accept_at_proxy=True)
     async with jwks_client({"keys": [idp_key.public_jwk()]}, []) as http:
-        verifier = make_verifier(trusted_issuers=[entry], jwks_http=http)
+        verifier = make_verifier(trusted_issuers=[entry], jwks=JwksCaches(http))
         assert (await rejected(verifier, forge.signed(claims=idp_claims()))).reason == "unknown_kid"

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from prometheus_client import REGISTRY
 
 from gateway.config import TrustedIssuerConfig
-from gateway.issuer.keys import SigningKey
-from gateway.proxy.jwks import JwksCache, JwksError, parse_jwks
+from gateway.tokens.jwk import SigningKey
+from gateway.tokens.jwks import JwksError, parse_jwks
+from gateway.trust import JwksCache
 
 pytestmark = pytest.mark.anyio
 

@@ -14,10 +14,9 @@ from gateway.proxy.stamp import (
     HOP_BY_HOP,
     downstream_response_headers,
     identity_header_value,
-    request_id_from,
     upstream_request_headers,
 )
-from gateway.tracing import TraceContext
+from gateway.tracing import TraceContext, request_id_from
 
 Headers = list[tuple[bytes, bytes]]
 

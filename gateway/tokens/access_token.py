@@ -25,8 +25,8 @@ from typing import Any
 from jwt.api_jws import PyJWS
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 
-from gateway.issuer.keys import SigningKey
 from gateway.principal import Principal
+from gateway.tokens.jwk import VERIFY_ALGORITHMS, SigningKey, reject_constant
 
 ACCESS_TOKEN_TYPES: frozenset[str | None] = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 §2.1
 # An identity provider's access tokens often predate RFC 9068 and say `JWT` or nothing (RFC 8725 §3.11 asks
@@ -34,7 +34,6 @@ ACCESS_TOKEN_TYPES: frozenset[str | None] = frozenset({"at+jwt", "application/at
 # audience is the relying party, never us) mark tokens of another kind: a DPoP proof, a logout token.
 SUBJECT_TOKEN_TYPES: frozenset[str | None] = ACCESS_TOKEN_TYPES | {"jwt", "application/jwt", None}
 REQUIRED_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")  # RFC 9068 §2.2
-VERIFY_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
 # Headers that bring or point at keys (RFC 7515 §4.1.2-4.1.6) let the token pick its own key (CVE-2018-0114 for
 # `jwk`) or make us fetch a URL of its choosing (SSRF, RFC 8725 §3.10); `crit` (§4.1.11) demands extensions we do
 # not implement. Ignoring them would be allowed; refusing is stricter and no honest issuer of ours sends them.
@@ -84,7 +83,7 @@ def _reject_constant(name: str) -> Any:
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=reject_constant)
     except (ValueError, RecursionError):
         raise InvalidToken("malformed", "The access token is not a well-formed JWT") from None
     if not isinstance(value, dict):

@@ -16,12 +16,13 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config, UpstreamConfig
 from gateway.hosts import AllowedHosts, allowed_hosts
-from gateway.issuer.keys import SigningKey
 from gateway.proxy.authorize import RouteTable
 from gateway.proxy.errors import resource_metadata_url
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.identify import Verifier
 from gateway.state import RevocationList
+from gateway.tokens.jwk import SigningKey
+from gateway.trust import JwksCaches
 
 log = logging.getLogger("tollbooth.config")
 
@@ -121,7 +122,13 @@ class Snapshot:
         self.leases.give_back(self.parts)
 
 
-def verifier_for(config: Config, *, keys: Callable[[], dict[str, SigningKey]], revocations: RevocationList) -> Verifier:
+def verifier_for(
+    config: Config,
+    *,
+    keys: Callable[[], dict[str, SigningKey]],
+    revocations: RevocationList,
+    jwks: JwksCaches | None = None,
+) -> Verifier:
     """The proxy's token verifier for this config (`tollbooth explain` uses the very same)."""
     return Verifier(
         issuer=config.issuer.url,
@@ -131,6 +138,7 @@ def verifier_for(config: Config, *, keys: Callable[[], dict[str, SigningKey]], r
         revocations=revocations,
         leeway=config.proxy.clock_leeway,
         max_token_bytes=config.proxy.max_token_bytes,
+        jwks=jwks,
     )
 
 
@@ -139,6 +147,7 @@ def build_snapshot(
     *,
     keys: Callable[[], dict[str, SigningKey]],
     revocations: RevocationList,
+    jwks: JwksCaches,
     leases: Leases,
     previous: Snapshot | None = None,
 ) -> Snapshot:
@@ -150,7 +159,7 @@ def build_snapshot(
     if previous is not None and _verifier_inputs(previous.config) == _verifier_inputs(config):
         verifier = previous.verifier
     else:
-        verifier = verifier_for(config, keys=keys, revocations=revocations)
+        verifier = verifier_for(config, keys=keys, revocations=revocations, jwks=jwks)
     public = urlsplit(config.proxy.public_url)
     return Snapshot(
         config=config,

@@ -1,6 +1,10 @@
-"""A trusted issuer's JWKS (RFC 7517): fetched on demand, cached, refetched at a bounded rate.
+"""Whose signatures we accept: our own keys, and each trusted identity provider's JWKS (RFC 7517).
 
-DESIGN.md "Tokens": fetched over HTTPS (plain HTTP only to loopback, which the config checks), refetched when a
+One verification sequence (parse, issuer, header, key, signature) serves the proxy's bearer tokens and the token
+service's subject tokens; each caller says which issuers it admits. One JWKS cache per identity provider lives
+for the whole process, shared by both apps and kept across reloads.
+
+A JWKS (DESIGN.md "Tokens": fetched over HTTPS (plain HTTP only to loopback, which the config checks), refetched when a
 token names an unknown kid but at most once per `min_refetch_interval` (a flood of made-up kids must not turn
 into a flood of requests to the IdP), and the last good key set is kept while the IdP is down or serves garbage.
 Concurrent misses share one fetch. A set older than `max_age` is refreshed in the background, so a key the IdP
@@ -10,84 +14,29 @@ withdrew stops working even when no unknown kid ever shows up.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-from jwt.exceptions import PyJWTError
 
 from gateway.config import TrustedIssuerConfig
-from gateway.issuer.keys import JWK_REQUIRED_MEMBERS, SigningKey, check_key_fits
 from gateway.metrics import JWKS_FETCHES
+from gateway.tokens.access_token import (
+    ACCESS_TOKEN_TYPES,
+    InvalidToken,
+    check_header,
+    parse_unverified,
+    verify_signature,
+)
+from gateway.tokens.jwk import SigningKey
+from gateway.tokens.jwks import JwksError, parse_jwks
 
 logger = logging.getLogger(__name__)
 
 MAX_JWKS_BYTES = 1024 * 1024
-# A JWK without `alg`: the one algorithm its type implies. RSA keys say nothing about RS256 vs PS256; RS256 is
-# what IdPs that omit `alg` sign with (RFC 7518 §3.1 makes it the recommended RSA algorithm).
-_IMPLIED_ALG = {("EC", "P-256"): "ES256", ("EC", "P-384"): "ES384", ("OKP", "Ed25519"): "EdDSA", ("RSA", None): "RS256"}
-_FROM_JWK = {"EC": ECAlgorithm.from_jwk, "OKP": OKPAlgorithm.from_jwk, "RSA": RSAAlgorithm.from_jwk}
-
-
-class JwksError(Exception):
-    """A JWKS response that cannot be used; the message is safe to log (no key material)."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _public_key(jwk: dict[str, Any], allowed: Sequence[str]) -> SigningKey | None:
-    """One JWK → a verification key, or None when it is not a usable signing key of an allowed algorithm."""
-    kty = jwk.get("kty")
-    kid = jwk.get("kid")
-    if kty not in JWK_REQUIRED_MEMBERS or not isinstance(kid, str) or not kid:
-        return None  # we select keys by kid only (RFC 7517 §4.5), so a key without one is unreachable
-    key_ops = jwk.get("key_ops", ["verify"])
-    if jwk.get("use", "sig") != "sig" or not isinstance(key_ops, list) or "verify" not in key_ops:
-        return None  # RFC 7517 §4.2-4.3: an encryption key must not verify signatures
-    alg = jwk.get("alg") or _IMPLIED_ALG.get((kty, jwk.get("crv") if kty != "RSA" else None))
-    if alg not in allowed:
-        return None  # the entry's `algorithms` is the allow-list (RFC 8725 §3.1)
-    # Only the public members reach the parser: a JWKS that leaks a private `d` still yields a public key.
-    members = {name: jwk.get(name) for name in JWK_REQUIRED_MEMBERS[kty]}
-    if not all(isinstance(value, str) for value in members.values()):
-        return None
-    try:
-        public_key = _FROM_JWK[kty](members)
-        check_key_fits(alg, public_key)
-    except (PyJWTError, ValueError, TypeError):
-        return None  # PyJWT's messages may quote the JWK: never log them
-    # created_at: an IdP does not publish when it made a key; 0 marks "unknown".
-    return SigningKey(kid=kid, algorithm=alg, private_key=None, public_key=public_key, created_at=0.0, path=None)
-
-
-def parse_jwks(body: bytes, allowed: Sequence[str]) -> dict[str, SigningKey]:
-    """A JWKS document → kid → key, keeping only usable keys; JwksError when none is usable."""
-    try:
-        document = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise JwksError("the response is not JSON") from None
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise JwksError('the response is not a JWK Set (no "keys" array)')
-    keys: dict[str, SigningKey] = {}
-    ambiguous: set[str] = set()
-    for jwk in document["keys"]:
-        key = _public_key(jwk, allowed) if isinstance(jwk, dict) else None
-        if key is None:
-            continue
-        if key.kid in keys:
-            ambiguous.add(key.kid)  # two keys, one kid: which one the IdP signs with is anyone's guess
-        keys[key.kid] = key
-    for kid in ambiguous:
-        del keys[kid]
-    if not keys:
-        raise JwksError(f"no usable signing key (algorithms allowed: {', '.join(allowed)})")
-    return keys
 
 
 class JwksCache:
@@ -182,3 +131,79 @@ class JwksCache:
                     if len(body) > self._max_bytes:
                         raise JwksError(f"the response is larger than {self._max_bytes} bytes")
         return parse_jwks(bytes(body), self._config.algorithms)
+
+
+class JwksCaches:
+    """One JwksCache per trusted issuer for the process: both apps and every config generation share it."""
+
+    def __init__(self, http: httpx2.AsyncClient | None = None, *, clock: Callable[[], float] = time.monotonic):
+        self._http = http
+        self._owns_http = http is None
+        self._clock = clock
+        self._caches: dict[tuple[str, str, tuple[str, ...]], JwksCache] = {}
+
+    def cache(self, entry: TrustedIssuerConfig) -> JwksCache:
+        # Keyed by what the cache fetches and keeps: an edited jwks_uri or algorithm list starts a fresh set.
+        key = (entry.issuer, entry.jwks_uri, tuple(entry.algorithms))
+        cache = self._caches.get(key)
+        if cache is None:
+            if self._http is None:
+                self._http = httpx2.AsyncClient(follow_redirects=False)
+            cache = self._caches[key] = JwksCache(entry, self._http, clock=self._clock)
+        return cache
+
+    async def aclose(self) -> None:
+        for cache in self._caches.values():
+            await cache.aclose()
+        if self._owns_http and self._http is not None:
+            await self._http.aclose()
+
+
+@dataclass(frozen=True)
+class SignedToken:
+    """A token whose signature checked out under its issuer's key; its claims are not validated yet."""
+
+    issuer: str
+    claims: dict[str, Any]
+    entry: TrustedIssuerConfig | None  # None: one of our own tokens
+
+
+# Given a token's (unverified) `iss`, the trusted issuer entry to check it against, or InvalidToken saying why
+# this caller does not admit that issuer. Called only for issuers other than our own.
+Admit = Callable[[object], TrustedIssuerConfig]
+
+
+class TrustedIssuers:
+    """The verification keys of one config: ours by kid, and each trusted issuer's through the shared caches."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        own_keys: Callable[[], dict[str, SigningKey]],
+        trusted: Sequence[TrustedIssuerConfig],
+        caches: JwksCaches,
+    ):
+        self.issuer = issuer
+        self._own_keys = own_keys
+        self._caches = caches
+        self.entries = {t.issuer: t for t in trusted if t.issuer != issuer}  # our own name never fetches a JWKS
+
+    async def verify(
+        self,
+        token: str,
+        *,
+        admit: Admit,
+        external_types: frozenset[str | None] = ACCESS_TOKEN_TYPES,
+        noun: str = "access token",
+    ) -> SignedToken:
+        """Check `token`'s signature under its issuer's key; RFC 8725 §3.8: the key must be that issuer's."""
+        unverified = parse_unverified(token)
+        issuer = unverified.claims.get("iss")
+        entry = None if issuer == self.issuer else admit(issuer)
+        kid, alg = check_header(unverified.header, accepted_types=external_types if entry else ACCESS_TOKEN_TYPES)
+        key = self._own_keys().get(kid) if entry is None else await self._caches.cache(entry).get(kid)
+        if key is None:
+            raise InvalidToken("unknown_kid", f"The {noun} was signed with an unknown key")
+        claims = verify_signature(token, alg, key)
+        return SignedToken(issuer=entry.issuer if entry else self.issuer, claims=claims, entry=entry)
