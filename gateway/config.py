@@ -31,6 +31,7 @@ from gateway.hosts import parse_authority
 from gateway.redis_url import parse_redis_url
 from gateway.tokens.jwk import VERIFY_ALGORITHMS, SigningAlgorithm, VerifyAlgorithm
 from gateway.tokens.jwks import JwksError, parse_jwks
+from gateway.wire import SCOPE_TOKEN
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -249,7 +250,6 @@ class IssuerConfig(Model):
         return caps
 
 
-_SCOPE = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token
 
 
 class AdminConfig(Model):
@@ -318,7 +318,7 @@ def _is_latin1(value: str) -> bool:
 
 def _check_scopes(scopes: list[str]) -> list[str]:
     for scope in scopes:
-        if not _SCOPE.match(scope):
+        if not SCOPE_TOKEN.match(scope):
             raise ValueError(f"{scope!r} is not a valid scope (RFC 6749 §3.3: no spaces, quotes or backslashes)")
     return scopes
 

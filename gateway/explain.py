@@ -13,9 +13,9 @@ from gateway.proxy.authorize import PathRejected, RouteTable, authorize, normali
 from gateway.proxy.identify import TokenRejected
 from gateway.proxy.snapshot import verifier_for
 from gateway.state import RevocationList
+from gateway.wire import PROTECTED_RESOURCE_PATH
 
 # The proxy answers this prefix itself for GET and HEAD (RFC 9728 metadata, see proxy/app.py): no route applies.
-_METADATA_PREFIX = "/.well-known/oauth-protected-resource"
 
 
 def request_path(target: str) -> str:
@@ -89,7 +89,7 @@ async def explain(
         normalized = normalize_path(path.encode())
     except PathRejected as exc:
         return _with(_result(False, 400, "path_rejected", exc.reason, error="invalid_request"), method, path, notes)
-    if normalized.startswith(_METADATA_PREFIX) and method in ("GET", "HEAD"):
+    if normalized.startswith(PROTECTED_RESOURCE_PATH) and method in ("GET", "HEAD"):
         description = "the proxy answers this itself (RFC 9728 protected resource metadata); no route or upstream"
         return _with(_result(True, 200, "protected_resource_metadata", description), method, path, notes)
     principal: Principal | None = None

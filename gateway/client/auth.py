@@ -24,7 +24,6 @@ from gateway.client.discovery import Endpoints, bearer_challenge, discover, reso
 from gateway.client.errors import DiscoveryError, InsufficientScope, TokenRequestError, TollboothError
 from gateway.client.exchange import Exchange, T, run_async, run_sync
 from gateway.client.grants import (
-    ACCESS_TOKEN_TYPE,
     ClientCredentials,
     Token,
     TokenExchange,
@@ -33,6 +32,7 @@ from gateway.client.grants import (
     token_from,
     token_request,
 )
+from gateway.wire import ACCESS_TOKEN_TYPE
 
 log = logging.getLogger("tollbooth.client")
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.client.errors import TollboothError
 from gateway.tokens.jwk import public_members, thumbprint
+from gateway.wire import ASSERTION_TYPE
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # An assertion is for one request: a short life bounds what a captured one is worth (RFC 7523 §3, item 4).
 ASSERTION_LIFETIME = 60
 

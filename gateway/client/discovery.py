@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from gateway.client.errors import DiscoveryError
 from gateway.client.exchange import Call, Exchange, Reply
+from gateway.wire import AUTHORIZATION_SERVER_PATH, PROTECTED_RESOURCE_PATH
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # noqa: S105 - the RFC 9110 §5.6.2 `token` grammar, not a secret
 _PARAM = re.compile(rf'\s*({_TOKEN})\s*=\s*({_TOKEN}|"(?:[^"\\]|\\.)*")\s*')
@@ -18,8 +19,6 @@ _SCHEME = re.compile(rf"\s*({_TOKEN})")
 _TOKEN68 = re.compile(r"\s+([A-Za-z0-9\-._~+/]+=*)\s*(?=,|$)")
 _SEPARATOR = re.compile(r"(?:\s*,)+")  # RFC 9110 §5.6.1: empty list elements are allowed and ignored
 
-PROTECTED_RESOURCE_PATH = "/.well-known/oauth-protected-resource"
-AUTHORIZATION_SERVER_PATH = "/.well-known/oauth-authorization-server"
 JSON = {"accept": "application/json"}
 
 

@@ -12,9 +12,8 @@ from gateway.client.credentials import Credential
 from gateway.client.discovery import JSON, Endpoints
 from gateway.client.errors import ProtocolError, TokenRequestError
 from gateway.client.exchange import Call, Exchange, Reply
+from gateway.wire import TOKEN_EXCHANGE
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - RFC 8693 URNs, not secrets
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
 # Refresh ahead of expiry by up to a fifth of the lifetime (at most two minutes), less a random part of that, so a
 # fleet of agents started together does not refresh together.
 REFRESH_SHARE = 0.2

@@ -50,15 +50,10 @@ from gateway.tokens.access_token import (
 )
 from gateway.tracing import request_id_from
 from gateway.trust import JwksCaches, TrustedIssuers
+from gateway.wire import AUTHORIZATION_SERVER_PATH, AUTHORIZE_PATH, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, TOKEN_PATH
 
 log = logging.getLogger("tollbooth.issuer")
 
-TOKEN_PATH = "/oauth/token"  # noqa: S105 (a path, not a secret)
-AUTHORIZE_PATH = "/oauth/authorize"
-REVOKE_PATH = "/oauth/revoke"
-INTROSPECT_PATH = "/oauth/introspect"
-JWKS_PATH = "/.well-known/jwks.json"
-METADATA_PATH = "/.well-known/oauth-authorization-server"
 _MAX_AUDIT_NAME = 128
 
 
@@ -141,9 +136,9 @@ class IssuerApp:
                 Route(REVOKE_PATH, self.revoke, methods=["POST"]),
                 Route(INTROSPECT_PATH, self.introspect, methods=["POST"]),
                 Route(JWKS_PATH, self.jwks, methods=["GET", "HEAD"]),
-                Route(METADATA_PATH, self.metadata, methods=["GET", "HEAD"]),
+                Route(AUTHORIZATION_SERVER_PATH, self.metadata, methods=["GET", "HEAD"]),
                 # RFC 8414 §3.1: an issuer URL with a path has its metadata at the path-inserted location.
-                Route(METADATA_PATH + "/{path:path}", self.metadata, methods=["GET", "HEAD"]),
+                Route(AUTHORIZATION_SERVER_PATH + "/{path:path}", self.metadata, methods=["GET", "HEAD"]),
             ]
         )
 

@@ -38,8 +38,8 @@ from gateway.tokens.access_token import (
 )
 from gateway.tokens.jwk import SigningKey
 from gateway.tokens.jwks import parse_jwks
+from gateway.wire import ASSERTION_TYPE
 
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"  # RFC 7523 §2.2
 # RFC 7523 §3 item 4 lets the server refuse assertions that expire "unreasonably far in the future"; the jti
 # replay cache must hold every jti until its exp, so this also bounds that cache. One hour: Authlib's
 # PrivateKeyJWT signs assertions valid for 3600 s by default, and Okta allows the same.

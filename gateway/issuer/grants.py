@@ -19,23 +19,14 @@ from gateway.issuer.clients import Client
 from gateway.issuer.oauth import Form, OAuthError, invalid_request
 from gateway.issuer.subjects import SubjectVerifier
 from gateway.state import RefreshGrant, RefreshReused, RevocationList, SharedState, refresh_token_hash
-from gateway.tokens.access_token import (
-    SCOPE_TOKEN,
-    InvalidToken,
-    SubjectToken,
-    delegation_chain,
-    mint_access_token,
-    repeated_party,
-)
+from gateway.tokens.access_token import InvalidToken, SubjectToken, delegation_chain, mint_access_token, repeated_party
 from gateway.tokens.jwk import SigningKey
+from gateway.wire import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, SCOPE_TOKEN, TOKEN_EXCHANGE
 
 # Protocol identifiers, not secrets (hence the noqa for the password heuristic).
 CLIENT_CREDENTIALS = "client_credentials"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 REFRESH_TOKEN = "refresh_token"  # noqa: S105
 GRANT_TYPES = (CLIENT_CREDENTIALS, TOKEN_EXCHANGE, REFRESH_TOKEN)
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105  (RFC 8693 §3)
-JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
 SUBJECT_TOKEN_TYPES = (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE)
 
 

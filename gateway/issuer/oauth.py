@@ -12,6 +12,8 @@ from urllib.parse import parse_qsl
 
 from starlette.responses import JSONResponse, Response
 
+from gateway.wire import quotable
+
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES = 64 * 1024  # a token request is a few hundred bytes; an assertion or subject token a few KiB
 # RFC 6749 §3.2: request parameters "MUST NOT be included more than once"; RFC 8707 §2 and RFC 8693 §2.1
@@ -19,8 +21,6 @@ MAX_FORM_BYTES = 64 * 1024  # a token request is a few hundred bytes; an asserti
 REPEATABLE = frozenset({"resource", "audience"})
 # RFC 6749 §5.1: token responses (and, by the same reasoning, errors and introspection) are never cached.
 NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
-# RFC 6749 §5.2: error_description is %x20-21 / %x23-5B / %x5D-7E.
-_DESCRIPTION_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -38,7 +38,7 @@ class OAuthError(Exception):
     ):
         super().__init__(f"{error}: {description}")
         self.error = error
-        self.description = _DESCRIPTION_UNSAFE.sub("?", description.replace('"', "'").replace("\\", "/"))
+        self.description = quotable(description)  # RFC 6749 §5.2
         self.status = status
         self.reason = reason or error
         self.headers = headers or {}

@@ -28,6 +28,7 @@ from gateway.proxy.snapshot import Snapshot
 from gateway.proxy.stamp import downstream_response_headers, upstream_request_headers
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
 from gateway.tracing import TraceContext, continue_or_start, request_id_from
+from gateway.wire import PROTECTED_RESOURCE_PATH
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,7 +37,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("tollbooth.proxy")
 
-_WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
 class RequestHead:
@@ -163,7 +163,7 @@ class ProxyApp:
         except PathRejected as exc:
             await self._deny(send, crossing, 400, "invalid_request", exc.reason, reason="path_rejected")
             return
-        if path.startswith(_WELL_KNOWN) and method in ("GET", "HEAD"):
+        if path.startswith(PROTECTED_RESOURCE_PATH) and method in ("GET", "HEAD"):
             await self._metadata(snap, path, send, crossing)
             return
         # identify

@@ -8,28 +8,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
-WELL_KNOWN_PATH = "/.well-known/oauth-protected-resource"
-
-# RFC 6750 §3: error, error_description and scope values MUST NOT include characters outside these, which keeps
-# every quoted-string free of '"' and '\' and of anything that could end the header.
-_DESCRIPTION_CHARS = frozenset(chr(c) for c in (0x20, 0x21, *range(0x23, 0x5C), *range(0x5D, 0x7F)))
-# RFC 6750 §3 scope-token (and the URI in resource_metadata): the same without space, which separates scopes.
-_TOKEN_CHARS = _DESCRIPTION_CHARS - {" "}
-# Readable stand-ins for the two visible characters a quoted-string cannot carry unescaped; anything else
-# (controls, non-ASCII) becomes '?'.
-_STAND_INS = {'"': "'", "\\": "/"}
+from gateway.wire import PROTECTED_RESOURCE_PATH, quotable
 
 # The challenges a caller may ask for. "no_token" is RFC 6750 §3.1's request without authentication: no error
 # code or error information, only where to learn how to get a token.
 _CHALLENGES = frozenset({"no_token", "invalid_token", "invalid_request", "insufficient_scope"})
 
 _BODY_HEADERS = ((b"content-type", b"application/json"), (b"cache-control", b"no-store"))
-
-
-def _quotable(text: str, allowed: frozenset[str]) -> str:
-    if allowed.issuperset(text):
-        return text
-    return "".join([c if c in allowed else _STAND_INS.get(c, "?") for c in text])
 
 
 def _bearer_challenge(
@@ -42,11 +27,11 @@ def _bearer_challenge(
     params: list[str] = []
     if challenge != "no_token":
         params.append(f'error="{challenge}"')
-        params.append(f'error_description="{_quotable(description, _DESCRIPTION_CHARS)}"')
+        params.append(f'error_description="{quotable(description)}"')
     if scope:
-        params.append(f'scope="{" ".join([_quotable(s, _TOKEN_CHARS) for s in scope])}"')
+        params.append(f'scope="{" ".join([quotable(s, spaces=False) for s in scope])}"')
     if resource_metadata:
-        params.append(f'resource_metadata="{_quotable(resource_metadata, _TOKEN_CHARS)}"')
+        params.append(f'resource_metadata="{quotable(resource_metadata, spaces=False)}"')
     # A bare "Bearer" is a complete challenge (RFC 9110 §11.2: auth-params are optional).
     return ("Bearer " + ", ".join(params) if params else "Bearer").encode("ascii")
 
@@ -119,15 +104,15 @@ def metadata_resource_for(public_url: str, request_path: str) -> str | None:
     """The resource identifier whose metadata `request_path` asks for, or None when it is not ours.
 
     RFC 9728 §3.1 builds the metadata URL by inserting the well-known path between the host and the path of the
-    resource identifier, so the request path is WELL_KNOWN_PATH followed by the resource's own path:
+    resource identifier, so the request path is PROTECTED_RESOURCE_PATH followed by the resource's own path:
     `/.well-known/oauth-protected-resource` → `public_url` (root form); `…/mcp` → `public_url + "/mcp"` (path
     form). With a public URL that has a path, `https://gw.example.com/api`, the root form is
     `/.well-known/oauth-protected-resource/api` and `/.well-known/oauth-protected-resource/api/mcp` names
     `https://gw.example.com/api/mcp`; resources outside the public URL (`…/other`) are not ours: None.
     """
-    if not request_path.startswith(WELL_KNOWN_PATH):
+    if not request_path.startswith(PROTECTED_RESOURCE_PATH):
         return None
-    resource_path = request_path[len(WELL_KNOWN_PATH) :]
+    resource_path = request_path[len(PROTECTED_RESOURCE_PATH) :]
     origin, public_path = _split_public_url(public_url)
     if resource_path == public_path:
         # §3.3: resource MUST be the identifier the client derived the URL from, i.e. the public URL itself.
@@ -141,4 +126,4 @@ def metadata_resource_for(public_url: str, request_path: str) -> str | None:
 def resource_metadata_url(public_url: str) -> str:
     """The metadata URL advertised in `resource_metadata="…"`: the root form for the public URL (RFC 9728 §3.1)."""
     origin, public_path = _split_public_url(public_url)
-    return origin + WELL_KNOWN_PATH + public_path
+    return origin + PROTECTED_RESOURCE_PATH + public_path

@@ -22,6 +22,7 @@ from gateway.state import RevocationList
 from gateway.tokens.access_token import InvalidToken, validate_claims
 from gateway.tokens.jwk import SigningKey
 from gateway.trust import JwksCaches, TrustedIssuers
+from gateway.wire import quotable
 
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 §2.1 b64token
 _CACHED = TOKEN_VERIFICATIONS.labels(outcome="cached")  # bound once: .labels() costs more than a cache hit
@@ -33,8 +34,7 @@ class TokenRejected(Exception):
     """No usable token. `description` is safe for `error_description`; `reason` is for audit and metrics."""
 
     def __init__(self, status: int, error: str, description: str, reason: str):
-        # RFC 6750 §3: error_description is a quoted-string of %x20-21 / %x23-5B / %x5D-7E; keep it that way.
-        description = description.replace('"', "'").replace("\\", "/")
+        description = quotable(description)  # RFC 6750 §3: it travels in error_description
         super().__init__(f"{error} ({reason}): {description}")
         self.status = status
         self.error = error

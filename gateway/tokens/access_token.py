@@ -27,6 +27,7 @@ from jwt.exceptions import InvalidSignatureError, PyJWTError
 
 from gateway.principal import Principal
 from gateway.tokens.jwk import VERIFY_ALGORITHMS, SigningKey, reject_constant
+from gateway.wire import SCOPE_TOKEN
 
 ACCESS_TOKEN_TYPES: frozenset[str | None] = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 §2.1
 # An identity provider's access tokens often predate RFC 9068 and say `JWT` or nothing (RFC 8725 §3.11 asks
@@ -48,7 +49,6 @@ _MINTED_CLAIMS = frozenset({*REQUIRED_CLAIMS, "scope", "act", "may_act", ANCESTO
 # `none`, an HMAC or another algorithm than the key's (RFC 8725 §3.1).
 _JWS = {alg: PyJWS(algorithms=[alg]) for alg in VERIFY_ALGORITHMS}
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")  # RFC 7515 §2: base64url without padding
-SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]+$")  # RFC 6749 §3.3 scope-token (NQCHAR)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
