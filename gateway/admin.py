@@ -25,7 +25,8 @@ def admin_app(checks: dict[str, ReadinessCheck], degradable: Callable[[], Collec
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # `--workers N`: any worker may answer the scrape, so each one reports all workers' values.
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            # prometheus_client leaves MultiProcessCollector.__init__ unannotated.
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -9,7 +9,7 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -121,7 +121,7 @@ def crm_app(idp: DemoIdentityProvider | None = None) -> Starlette:
         return JSONResponse(_CUSTOMERS[new_id], status_code=201)
 
     async def events(request: Request) -> Response:
-        async def stream():  # type: ignore[no-untyped-def]
+        async def stream() -> AsyncIterator[str]:
             for n in range(3):
                 yield f"event: update\ndata: {json.dumps({'n': n})}\n\n"
                 await asyncio.sleep(0.5)

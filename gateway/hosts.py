@@ -138,7 +138,7 @@ class AllowedHosts:
         scheme = raw_scheme.decode("latin-1").lower()
         default = DEFAULT_PORTS.get(scheme) if sep else None
         parsed = parse_authority(authority) if default is not None else None
-        if parsed is None:
+        if parsed is None or default is None:
             return MALFORMED_ORIGIN
         name, port = parsed
         port = default if port is None else port

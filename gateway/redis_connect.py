@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -76,13 +76,13 @@ _BLOCKING = _Classes(
 
 def async_client(url: str, **options: Any) -> AsyncClient:
     """An asyncio client for `url`. `options` are redis-py connection options, the same for every topology."""
-    return _client(_ASYNC, url, options)
+    return cast(AsyncClient, _client(_ASYNC, url, options))
 
 
 def sync_client(url: str, **options: Any) -> SyncClient:
     """A blocking client for `url`. A Cluster client connects at once: it raises one of REDIS_FAILURES when none of
     the seed nodes answers."""
-    return _client(_BLOCKING, url, options)
+    return cast(SyncClient, _client(_BLOCKING, url, options))
 
 
 def _client(classes: _Classes, url: str, options: dict[str, Any]) -> Any:

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio.retry import Retry
@@ -151,7 +151,7 @@ class RedisStreamSink:
         self._queue: collections.deque[AuditEvent] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._inflight: asyncio.Future[object] | None = None
+        self._inflight: asyncio.Future[Any] | None = None
         self._closing = False
         self._own: Spool | None = None
         self._adopted: list[Spool] = []  # dead processes' spools, oldest first: replayed before our own
@@ -325,7 +325,7 @@ class RedisStreamSink:
         written, error = await self._call(
             self._script(
                 keys=[self._stream, self._marks + prefix],
-                args=[self._max_len, _MARK_TTL_SECONDS, *itertools.chain.from_iterable(entries)],
+                args=[self._max_len, _MARK_TTL_SECONDS, *(part for entry in entries for part in entry)],
             )
         )
         return int(written or 0), error

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TextIO
+from typing import BinaryIO, Protocol, TextIO, cast
 
 import orjson
 
@@ -20,6 +20,9 @@ from gateway.config import Config
 from gateway.redis_connect import SyncClient, sync_client
 
 _PAGE = 500
+# A stream entry as the client below (decode_responses=True, RESP2) returns it: redis-py's annotations also cover
+# bytes, RESP3's dict replies and the None of XREADGROUP's deleted entries, none of which XRANGE/XREAD give here.
+_Entry = tuple[str, dict[str, str]]
 _FILE_BLOCK = 64 * 1024
 _POLL_SECONDS = 0.2
 # The table's columns and their widths; the last column takes the rest of the line.
@@ -80,11 +83,11 @@ class StreamSource:
         low = "-" if flt.since is None else stream_id_at(flt.since)
         high = "+"
         found: list[dict[str, str]] = []
-        newest = self._client.xrevrange(self._stream, count=1)
+        newest = cast(list[_Entry], self._client.xrevrange(self._stream, count=1))
         if newest:
             self._last_id = newest[0][0]
         while limit is None or len(found) < limit:
-            page = self._client.xrevrange(self._stream, max=high, min=low, count=_PAGE)
+            page = cast(list[_Entry], self._client.xrevrange(self._stream, max=high, min=low, count=_PAGE))
             found += [fields for _, fields in page if flt.matches(fields)]
             if len(page) < _PAGE:
                 break
@@ -93,7 +96,8 @@ class StreamSource:
 
     def follow(self) -> Iterator[dict[str, str]]:
         while True:
-            for _, entries in self._client.xread({self._stream: self._last_id}, count=_PAGE, block=1000) or []:
+            reply = self._client.xread({self._stream: self._last_id}, count=_PAGE, block=1000)
+            for _, entries in cast(list[tuple[str, list[_Entry]]] | None, reply) or []:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
                     yield fields

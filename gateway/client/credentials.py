@@ -24,8 +24,12 @@ ASSERTION_LIFETIME = 60
 
 
 class Credential(Protocol):
-    client_id: str
-    method: str  # the RFC 8414 token_endpoint_auth_method it uses
+    # Read-only properties, so that the frozen dataclasses below satisfy the protocol.
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def method(self) -> str: ...  # the RFC 8414 token_endpoint_auth_method it uses
 
     def authenticate(self, issuer: str) -> tuple[dict[str, str], dict[str, str]]:
         """(headers, form fields) that authenticate one request to the issuer's endpoints."""
@@ -62,10 +66,11 @@ def load_private_key(key: str | bytes | Path | Any) -> Any:
     if isinstance(key, str) and not key.lstrip().startswith("-----BEGIN"):
         key = Path(key)
     if isinstance(key, Path):
+        path = key
         try:
-            key = key.read_bytes()
+            key = path.read_bytes()
         except OSError as exc:
-            raise TollboothError(f"cannot read the agent key {key}: {exc.strerror}") from None
+            raise TollboothError(f"cannot read the agent key {path}: {exc.strerror}") from None
     if isinstance(key, str):
         key = key.encode()
     if isinstance(key, bytes):

@@ -99,7 +99,7 @@ class _StopParsing(Exception):
     """Raised in a parser callback to make llhttp stop at once: nothing after this point is delivered."""
 
 
-def _fire_timeout(waiter: asyncio.Future[None]) -> None:
+def _fire_timeout(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
@@ -544,6 +544,7 @@ class _Body:
         if conn is None:
             raise StopAsyncIteration
         pool = response._pool
+        assert pool is not None  # UpstreamResponse gets its pool together with its connection
         while True:
             if conn.has_body():
                 return conn.take_body()
@@ -552,9 +553,9 @@ class _Body:
                 raise StopAsyncIteration
             if conn.error is not None:
                 response._finish()
-                raise _protocol_error(pool.name, conn.error)  # type: ignore[union-attr]
+                raise _protocol_error(pool.name, conn.error)
             try:
-                await conn.wait(pool.timeout)  # type: ignore[union-attr]
+                await conn.wait(pool.timeout)
             except TimeoutError:
                 response._finish()
                 raise _timeout(pool.name, "sending the next piece of the response body", pool.timeout) from None

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ class LocalState:
         self._health.current()
         return True
 
-    def _apply(self, records: list[Mapping[str, Any]]) -> None:
+    def _apply(self, records: Sequence[Mapping[str, Any]]) -> None:
         for record in records:
             try:
                 self.revocations.apply(record)

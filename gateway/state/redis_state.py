@@ -310,7 +310,8 @@ class RedisState:
         return self._prefix + "refresh:" + check_token_hash(token_hash)
 
     async def _run(self, script: AsyncScript, keys: list[str], *args: str | float, now: float | None = None) -> Any:
-        common = [self._clock() if now is None else now, self._prefix, self._retention, self._channel]
+        at = self._clock() if now is None else now
+        common: list[str | float] = [at, self._prefix, self._retention, self._channel]
         try:
             return await script(keys=keys or [self._routing_key], args=[*common, *args])
         except REDIS_FAILURES as exc:
