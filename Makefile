@@ -58,8 +58,10 @@ bench-transports: install bench-tools
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/transports.py
 
+# ruff for style and bugs, mypy --strict (pyproject.toml [tool.mypy]) for the types.
 lint: install
 	$(BIN)/ruff check gateway tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .tollbooth .pytest_cache .hypothesis

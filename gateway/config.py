@@ -250,8 +250,6 @@ class IssuerConfig(Model):
         return caps
 
 
-
-
 class AdminConfig(Model):
     listen: Listen = "127.0.0.1:9090"
 
@@ -848,7 +846,7 @@ def _without_empty_sections(data: dict[Any, Any]) -> dict[Any, Any]:
 
 def _expanded(raw: dict[Any, Any], path: Path, env: dict[str, str], problems: list[str]) -> dict[Any, Any]:
     found: list[tuple[Loc, str]] = []
-    data = expand_env(raw, (), env, found)
+    data: dict[Any, Any] = expand_env(raw, (), env, found)
     problems.extend(f"{path}: {_where(loc, data)}: {problem}" for loc, problem in found)
     return data
 

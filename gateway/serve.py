@@ -22,7 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.admin import admin_app
+from gateway.admin import ReadinessCheck, admin_app
 from gateway.audit.sinks import AuditSink, FileSink
 from gateway.audit.streams import RedisStreamSink
 from gateway.config import LoadedConfig, ProxyConfig
@@ -80,7 +80,8 @@ def _uvicorn_config(
         server_header=False,
         # Never trust X-Forwarded-* at the socket layer: the stamp step decides (proxy.trust_forwarded_for).
         proxy_headers=False,
-        timeout_graceful_shutdown=graceful_seconds,
+        # uvicorn annotates an int but waits with it as a float timeout, as a float deadline should be.
+        timeout_graceful_shutdown=graceful_seconds,  # type: ignore[arg-type]
         timeout_keep_alive=75,
     )
 
@@ -164,7 +165,7 @@ class Gateway:
             return frozenset()
         return frozenset({"state", "rate_limits", "redis", "audit"})
 
-    async def readiness(self) -> dict[str, object]:
+    async def readiness(self) -> dict[str, ReadinessCheck]:
         async def keys() -> str | None:
             return None if self.keys.verification_keys() else "no signing keys loaded"
 
@@ -180,7 +181,13 @@ class Gateway:
         async def rate_limits() -> str | None:
             return self.limiter.problem()
 
-        checks = {"keys": keys, "config": config, "audit": audit, "state": state, "rate_limits": rate_limits}
+        checks: dict[str, ReadinessCheck] = {
+            "keys": keys,
+            "config": config,
+            "audit": audit,
+            "state": state,
+            "rate_limits": rate_limits,
+        }
         if self.loaded.config.redis.url:
             client = async_client(self.loaded.config.redis.url, socket_timeout=1, socket_connect_timeout=1)
             self._closers.append(client.aclose)

@@ -41,13 +41,13 @@ from gateway.metrics import TOKEN_REQUESTS
 from gateway.state import SharedState, StateUnavailable, refresh_token_hash
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
 from gateway.tokens.access_token import (
-    VERIFY_ALGORITHMS,
     InvalidToken,
     delegation_chain,
     parse_unverified,
     validate_claims,
     verify_signature,
 )
+from gateway.tokens.jwk import VERIFY_ALGORITHMS
 from gateway.tracing import request_id_from
 from gateway.trust import JwksCaches, TrustedIssuers
 from gateway.wire import AUTHORIZATION_SERVER_PATH, AUTHORIZE_PATH, INTROSPECT_PATH, JWKS_PATH, REVOKE_PATH, TOKEN_PATH

@@ -31,12 +31,11 @@ from gateway.issuer.oauth import Form, OAuthError, invalid_request
 from gateway.state import SharedState
 from gateway.tokens.access_token import (
     FORBIDDEN_HEADERS,
-    VERIFY_ALGORITHMS,
     InvalidToken,
     parse_unverified,
     verify_signature,
 )
-from gateway.tokens.jwk import SigningKey
+from gateway.tokens.jwk import VERIFY_ALGORITHMS, SigningKey
 from gateway.tokens.jwks import parse_jwks
 from gateway.wire import ASSERTION_TYPE
 

@@ -38,7 +38,6 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("tollbooth.proxy")
 
 
-
 class RequestHead:
     """What the pipeline reads from the request's header section, in one pass, and any framing problem."""
 

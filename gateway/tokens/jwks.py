@@ -31,7 +31,7 @@ def _public_key(jwk: dict[str, Any], allowed: Sequence[str]) -> SigningKey | Non
     if jwk.get("use", "sig") != "sig" or not isinstance(key_ops, list) or "verify" not in key_ops:
         return None  # RFC 7517 §4.2-4.3: an encryption key must not verify signatures
     alg = jwk.get("alg") or _IMPLIED_ALG.get((kty, jwk.get("crv") if kty != "RSA" else None))
-    if alg not in allowed:
+    if not isinstance(alg, str) or alg not in allowed:
         return None  # the entry's `algorithms` is the allow-list (RFC 8725 §3.1)
     # Only the public members reach the parser: a JWKS that leaks a private `d` still yields a public key.
     members = {name: jwk.get(name) for name in JWK_REQUIRED_MEMBERS[kty]}
