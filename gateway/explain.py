@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 from gateway.config import Config
 from gateway.issuer.keystore import KeyStore
 from gateway.principal import Principal
+from gateway.proxy.answers import Refusal
 from gateway.proxy.authorize import PathRejected, RouteTable, authorize, normalize_path
-from gateway.proxy.identify import TokenRejected
 from gateway.proxy.snapshot import verifier_for
 from gateway.state import RevocationList
 from gateway.wire import PROTECTED_RESOURCE_PATH
@@ -103,7 +103,7 @@ async def explain(
         verifier = verifier_for(config, keys=keys.verification_keys, revocations=RevocationList())
         try:
             principal = await verifier.verify(token)
-        except TokenRejected as exc:
+        except Refusal as exc:
             return _with(_result(False, exc.status, exc.reason, exc.description, error=exc.error), method, path, notes)
         finally:
             await verifier.aclose()

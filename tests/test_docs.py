@@ -30,16 +30,15 @@ NOT_THE_GATEWAY = (GATEWAY / "client", GATEWAY / "demo.py")
 # Calls whose literal argument is an error code an agent receives: callee → (position, keyword).
 CODE_ARGUMENTS = {
     "OAuthError": (0, "error"),  # the token service (RFC 6749 §5.2)
-    "TokenRejected": (1, "error"),  # the proxy's bearer-token checks (RFC 6750 §3.1)
+    "Refusal": (1, "error"),  # every refusal of the proxy (gateway/proxy/answers.py)
     "UpstreamError": (1, "reason"),  # answered as the error of a 502/504
     "HostRefused": (1, "error"),  # a Host or Origin the proxy does not answer for (gateway/hosts.py)
     "HeadRefused": (1, "error"),  # the HTTP layer's own answers (gateway/proxy/protocol.py)
-    "_deny": (3, "error"),  # every other refusal of the proxy
 }
 # Calls whose literal argument is the `reason` of the audit event a refusal writes.
 REASON_ARGUMENTS = {
     "InvalidToken": (0, "reason"),
-    "TokenRejected": (3, "reason"),
+    "Refusal": (-1, "reason"),  # keyword only
     "UpstreamError": (1, "reason"),
     "HostRefused": (3, "reason"),
     "HeadRefused": (3, "reason"),
@@ -51,15 +50,13 @@ REASON_ARGUMENTS = {
     "record_refusal": (3, "reason"),
     "on_refuse": (3, "reason"),
     "OAuthError": (-1, "reason"),  # keyword only: without it the reason is the error code
-    "_deny": (-1, "reason"),
 }
 # ... and the HTTP status it comes with (OAuthError's default is 400).
 STATUS_ARGUMENTS = {
-    "TokenRejected": (0, "status"),
+    "Refusal": (0, "status"),
     "UpstreamError": (0, "status"),
     "HostRefused": (0, "status"),
     "HeadRefused": (0, "status"),
-    "_deny": (2, "status"),
 }
 # A JSON error body written out by hand.
 _JSON_ERROR = re.compile(r'"error":\s*"([a-z_]+)"')

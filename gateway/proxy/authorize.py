@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from gateway.config import HTTP_METHODS, Config, RateLimit, RouteConfig
 from gateway.principal import Principal
+from gateway.proxy.answers import Refusal
 
 # The methods a route may list (RouteConfig accepts these); a route without `methods` gets all of them.
 # TRACE and CONNECT are never proxied: TRACE reflects headers (cross-site tracing), CONNECT opens tunnels.
@@ -293,6 +294,26 @@ def authorize(table: RouteTable, method: str, path: str, principal: Principal | 
         description = f"route '{route.name}' does not accept delegated tokens; use the agent's own token"
         return Decision(False, 403, "delegation_forbidden", route, route.scopes, description)
     return Decision(True, 200, "allowed", route, route.scopes, f"allowed by route '{route.name}'")
+
+
+# RFC 6750 §3.1: no error code when the request carried no token; insufficient_scope lets clients step up.
+_CHALLENGES = {"missing_token": "no_token", "insufficient_scope": "insufficient_scope"}
+
+
+def permitted(decision: Decision) -> Route:
+    """The route a decision lets the request through to, or the Refusal it answers with."""
+    if not decision.allow:
+        challenge = _CHALLENGES.get(decision.reason)
+        raise Refusal(
+            decision.status,
+            decision.reason,
+            decision.description,
+            reason=decision.reason,
+            challenge=challenge,
+            scope=decision.required_scopes,
+        )
+    assert decision.route is not None  # every allowing decision names its route
+    return decision.route
 
 
 def _shape(pattern: str) -> tuple[str, ...]:

@@ -1,10 +1,10 @@
 """The proxy's first step: bearer token → verified claims → Principal.
 
 `extract_bearer` finds the token (RFC 6750 §2.1 only); `Verifier.verify` checks it (RFC 9068 §4, RFC 8725) with
-the steps in gateway.tokens.access_token and the key gateway.trust finds by `iss` + `kid` (our own keys or a trusted
-issuer's JWKS),
-caches the result until the token expires, and consults the revocation list on every call, cached or not.
-Failures are TokenRejected, which carries the RFC 6750 §3.1 error code and HTTP status for errors.py.
+the steps in gateway.tokens.access_token and the key gateway.trust finds by `iss` + `kid` (our own keys or a
+trusted issuer's JWKS), caches the result until the token expires, and consults the revocation list on every
+call, cached or not.
+Failures are a Refusal carrying the RFC 6750 §3.1 error code, its challenge and the HTTP status.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl
 from gateway.config import TrustedIssuerConfig
 from gateway.metrics import TOKEN_VERIFICATIONS
 from gateway.principal import Principal
+from gateway.proxy.answers import Refusal
+from gateway.proxy.head import RequestHead
 from gateway.state import RevocationList
 from gateway.tokens.access_token import InvalidToken, validate_claims
 from gateway.tokens.jwk import SigningKey
@@ -30,24 +32,12 @@ _VERIFIED = TOKEN_VERIFICATIONS.labels(outcome="verified")
 _REJECTED = TOKEN_VERIFICATIONS.labels(outcome="rejected")
 
 
-class TokenRejected(Exception):
-    """No usable token. `description` is safe for `error_description`; `reason` is for audit and metrics."""
-
-    def __init__(self, status: int, error: str, description: str, reason: str):
-        description = quotable(description)  # RFC 6750 §3: it travels in error_description
-        super().__init__(f"{error} ({reason}): {description}")
-        self.status = status
-        self.error = error
-        self.description = description
-        self.reason = reason
+def _invalid_request(reason: str, description: str) -> Refusal:
+    return Refusal(400, "invalid_request", quotable(description), reason=reason, challenge="invalid_request")
 
 
-def _invalid_request(reason: str, description: str) -> TokenRejected:
-    return TokenRejected(400, "invalid_request", description, reason)
-
-
-def _invalid_token(reason: str, description: str) -> TokenRejected:
-    return TokenRejected(401, "invalid_token", description, reason)
+def _invalid_token(reason: str, description: str) -> Refusal:
+    return Refusal(401, "invalid_token", quotable(description), reason=reason, challenge="invalid_token")
 
 
 def _token_in_query(query_string: bytes) -> bool:
@@ -56,17 +46,21 @@ def _token_in_query(query_string: bytes) -> bool:
     return any(name == "access_token" for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
 
 
-def extract_bearer(
-    headers: list[tuple[bytes, bytes]], query_string: bytes, *, max_token_bytes: int = 8192
-) -> str | None:
-    """The bearer token of an ASGI request, or None when no Authorization header was sent.
+async def identify(head: RequestHead, verifier: Verifier, *, max_token_bytes: int) -> Principal | None:
+    """Who is calling: the verified token's Principal, None without a token (public routes), or Refusal."""
+    token = extract_bearer(head.authorization, head.query, max_token_bytes=max_token_bytes)
+    return None if token is None else await verifier.verify(token)
+
+
+def extract_bearer(authorization: list[bytes], query_string: bytes, *, max_token_bytes: int = 8192) -> str | None:
+    """The bearer token of a request (its Authorization fields), or None when it sent none.
 
     RFC 6750 §2.1 only: the URI query form (§2.3) leaks tokens into logs and is refused, and so is the form body
     (§2.2), by never looking there. Anything ambiguous is `invalid_request` (§3.1).
     """
     if _token_in_query(query_string):
         raise _invalid_request("token_in_query", "Send the access token in the Authorization header, not the URL")
-    values = [value for name, value in headers if name == b"authorization"]
+    values = authorization
     if not values:
         return None
     if len(values) > 1:
@@ -111,7 +105,7 @@ class Verifier:
         self._trust = TrustedIssuers(issuer=issuer, own_keys=keys, trusted=trusted_issuers, caches=caches)
 
     async def verify(self, token: str) -> Principal:
-        """The caller behind `token`, or TokenRejected(401, "invalid_token")."""
+        """The caller behind `token`, or Refusal(401, "invalid_token")."""
         if len(token) > self._max_token_bytes:  # before any parsing or hashing
             _REJECTED.inc()
             raise _invalid_token("oversized", "The access token is too large")

@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config, UpstreamConfig
 from gateway.hosts import AllowedHosts, allowed_hosts
+from gateway.proxy.answers import resource_metadata_url
 from gateway.proxy.authorize import RouteTable
-from gateway.proxy.errors import resource_metadata_url
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.identify import Verifier
+from gateway.proxy.upstream import UpstreamClient
 from gateway.state import RevocationList
 from gateway.tokens.jwk import SigningKey
 from gateway.trust import JwksCaches
@@ -103,7 +104,7 @@ class Snapshot:
     routes: RouteTable
     upstreams: dict[str, UpstreamTarget]
     verifier: Verifier
-    forwarder: Forwarder
+    forwarder: UpstreamClient
     resource_metadata_url: str
     public_scheme: bytes
     public_host: bytes
@@ -150,12 +151,16 @@ def build_snapshot(
     jwks: JwksCaches,
     leases: Leases,
     previous: Snapshot | None = None,
+    upstream_client: Callable[[dict[str, UpstreamConfig]], UpstreamClient] = Forwarder,
 ) -> Snapshot:
-    """Compile a validated config into a Snapshot, reusing `previous`'s pools and caches where unchanged."""
+    """Compile a validated config into a Snapshot, reusing `previous`'s pools and caches where unchanged.
+
+    `upstream_client` makes the client for the config's upstreams: the pooled Forwarder, or a test's fake.
+    """
     if previous is not None and previous.config.upstreams == config.upstreams:
         forwarder = previous.forwarder
     else:
-        forwarder = Forwarder(config.upstreams)
+        forwarder = upstream_client(config.upstreams)
     if previous is not None and _verifier_inputs(previous.config) == _verifier_inputs(config):
         verifier = previous.verifier
     else:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from gateway.principal import Principal
+from gateway.proxy.head import connection_options as parse_connection_options
 from gateway.tracing import TraceContext
 
 Headers = list[tuple[bytes, bytes]]
@@ -179,23 +180,10 @@ def identity_header_value(value: str) -> bytes:
 
 
 def connection_named(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Names listed in any Connection header: RFC 9110 §7.6.1 says they are removed with it before forwarding.
-
-    Connection = #connection-option: comma-separated tokens, case-insensitive, optional whitespace around.
-    """
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            for option in value.split(b","):
-                option = option.strip(b" \t").lower()
-                if option:
-                    named.add(option)
-    return frozenset(named)
+    """Names listed in any Connection header (names compared in any case), as head.connection_options reads them."""
+    return parse_connection_options(value for name, value in headers if name.lower() == b"connection")
 
 
-# A token is used for many requests and a route name for millions: encode each once. Bounded, so a stream of
-# fresh tokens only recycles entries; keyed on the frozen Principal, whose equality ignores `claims`.
-@lru_cache(maxsize=4096)
 def _identity_headers(principal: Principal) -> tuple[tuple[bytes, bytes], ...]:
     headers = [
         (b"x-tollbooth-agent", identity_header_value(principal.agent)),
@@ -219,6 +207,7 @@ def _route_header(route_name: str) -> tuple[bytes, bytes]:
 def upstream_request_headers(
     incoming: list[tuple[bytes, bytes]],
     *,
+    connection_options: frozenset[bytes],
     principal: Principal | None,
     route_name: str,
     injected: list[tuple[bytes, bytes]],
@@ -232,6 +221,8 @@ def upstream_request_headers(
     strip: frozenset[bytes] = frozenset(),
 ) -> list[tuple[bytes, bytes]]:
     """The request headers sent upstream: the agent's, minus what must not pass, plus the gateway's own.
+
+    `connection_options` are the names the request's Connection fields list (RequestHead.connection_options).
 
     Removed: Authorization and Proxy-Authorization (the agent's token never leaves the gateway), hop-by-hop
     headers and those named in Connection (RFC 9110 §7.6.1), Host, every X-Tollbooth-*, method-override
@@ -254,7 +245,7 @@ def upstream_request_headers(
     Names are matched case-insensitively (RFC 9110 §5.1); kept headers go out as they came.
     """
     # Names are judged with '_' read as '-' below, so the options naming them are too: `Connection: x_a` drops x_a.
-    named = frozenset(option.replace(b"_", b"-") for option in connection_named(incoming))
+    named = frozenset(option.replace(b"_", b"-") for option in connection_options)
     replaced = {name.lower() for name, _ in injected}
     kept: Headers = [(b"host", upstream_host)]
     forwarded: Headers = []

@@ -21,7 +21,8 @@ from prometheus_client import REGISTRY
 from gateway.config import TrustedIssuerConfig
 from gateway.issuer.keystore import KeyStore
 from gateway.principal import Principal
-from gateway.proxy.identify import TokenRejected, Verifier, extract_bearer
+from gateway.proxy.answers import Refusal
+from gateway.proxy.identify import Verifier, extract_bearer
 from gateway.state import RevocationList
 from gateway.tokens.access_token import REQUIRED_CLAIMS, mint_access_token
 from gateway.tokens.jwk import SigningKey
@@ -150,10 +151,16 @@ def make_verifier(store: KeyStore) -> MakeVerifier:
     return make
 
 
-async def rejected(verifier: Verifier, token: str) -> TokenRejected:
-    with pytest.raises(TokenRejected) as caught:
+async def rejected(verifier: Verifier, token: str) -> Refusal:
+    with pytest.raises(Refusal) as caught:
         await verifier.verify(token)
     return caught.value
+
+
+def bearer(headers: list[tuple[bytes, bytes]], query: bytes, *, max_token_bytes: int = 8192) -> str | None:
+    """extract_bearer on the Authorization fields of a header list, as RequestHead collects them."""
+    values = [value for name, value in headers if name == b"authorization"]
+    return extract_bearer(values, query, max_token_bytes=max_token_bytes)
 
 
 def sample(outcome: str) -> float:
@@ -176,7 +183,7 @@ def sample(outcome: str) -> float:
     ],
 )
 def test_extract_bearer_accepts(headers: list[tuple[bytes, bytes]], query: bytes, expected: str | None) -> None:
-    assert extract_bearer(headers, query) == expected
+    assert bearer(headers, query) == expected
 
 
 @pytest.mark.parametrize(
@@ -203,16 +210,16 @@ def test_extract_bearer_accepts(headers: list[tuple[bytes, bytes]], query: bytes
 def test_extract_bearer_refuses_as_invalid_request(
     headers: list[tuple[bytes, bytes]], query: bytes, reason: str
 ) -> None:
-    with pytest.raises(TokenRejected) as caught:
-        extract_bearer(headers, query)
+    with pytest.raises(Refusal) as caught:
+        bearer(headers, query)
     assert (caught.value.status, caught.value.error, caught.value.reason) == (400, "invalid_request", reason)
 
 
 def test_extract_bearer_oversized_token_is_invalid_token() -> None:
-    with pytest.raises(TokenRejected) as caught:
-        extract_bearer([(b"authorization", b"Bearer " + b"a" * 101)], b"", max_token_bytes=100)
+    with pytest.raises(Refusal) as caught:
+        bearer([(b"authorization", b"Bearer " + b"a" * 101)], b"", max_token_bytes=100)
     assert (caught.value.status, caught.value.error, caught.value.reason) == (401, "invalid_token", "oversized")
-    assert extract_bearer([(b"authorization", b"Bearer " + b"a" * 100)], b"", max_token_bytes=100) == "a" * 100
+    assert bearer([(b"authorization", b"Bearer " + b"a" * 100)], b"", max_token_bytes=100) == "a" * 100
 
 
 # ---- the attack table ----------------------------------------------------------------------------------------------

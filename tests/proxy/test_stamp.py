@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.principal import Principal
 from gateway.proxy.stamp import (
     HOP_BY_HOP,
+    connection_named,
     downstream_response_headers,
     identity_header_value,
     upstream_request_headers,
@@ -65,6 +66,7 @@ def stamp(
         public_host=b"gw.example.com",
         upstream_host=b"127.0.0.1:9000",
         trust_forwarded=trust_forwarded,
+        connection_options=connection_named(incoming),
     )
 
 

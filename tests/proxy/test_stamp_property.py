@@ -110,6 +110,7 @@ def stamped(case: Case) -> Headers:
         upstream_host=b"127.0.0.1:9000",
         trust_forwarded=case.trust_forwarded,
         strip=STRIP,
+        connection_options=stamp.connection_named(case.incoming),
     )
 
 

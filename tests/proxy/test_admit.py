@@ -6,7 +6,8 @@ import pytest
 
 from gateway.config import RateLimit
 from gateway.principal import Principal
-from gateway.proxy.ratelimit import client_address, describe, limit_key, limited_description, retry_after_header
+from gateway.proxy.admit import client_address, describe, limit_key, limited_description, retry_after_header
+from gateway.proxy.head import RequestHead, scan_headers
 from gateway.state.gcra import RateVerdict
 
 DIRECT = Principal("billing-bot", "billing-bot", frozenset(), "j1", "https://issuer.test", 2e9, 1e9)
@@ -59,7 +60,9 @@ def test_an_identity_providers_client_does_not_spend_our_agents_budget() -> None
     ],
 )
 def test_client_address(headers: list[tuple[bytes, bytes]], trust: bool, expected: str) -> None:
-    assert client_address(headers, "10.0.0.9", trust_forwarded=trust) == expected
+    head = RequestHead(headers=headers)
+    scan_headers(head, headers)  # the last X-Forwarded-For field is the one that counts, as the head keeps it
+    assert client_address(head.forwarded_for, "10.0.0.9", trust_forwarded=trust) == expected
 
 
 @pytest.mark.parametrize(("wait", "header"), [(20.0, b"20"), (19.01, b"20"), (0.2, b"1"), (0.0, b"1"), (59.999, b"60")])

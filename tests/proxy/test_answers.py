@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.proxy.errors import (
+from gateway.proxy.answers import (
     error_response,
     metadata_resource_for,
     protected_resource_metadata,

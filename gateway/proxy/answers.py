@@ -1,4 +1,5 @@
-"""Every answer the gateway makes itself: RFC 6750 challenges, JSON error bodies, RFC 9728 resource metadata."""
+"""Every answer the proxy makes itself: the Refusal its steps raise, RFC 6750 challenges, JSON error bodies, and
+RFC 9728 resource metadata."""
 
 from __future__ import annotations
 
@@ -9,6 +10,59 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.wire import PROTECTED_RESOURCE_PATH, quotable
+
+
+class Refusal(Exception):
+    """A request the proxy answers itself instead of forwarding: raised by the step that knows, answered once.
+
+    `error` and `description` go to the agent (never a token or a secret in them); `reason` goes to the audit
+    event and metrics; `challenge` adds WWW-Authenticate (RFC 6750 §3); `headers` go last (Retry-After). An
+    upstream failure is refused with `decision="allow"`: the gateway let the request through, the upstream failed.
+    """
+
+    __slots__ = ("status", "error", "description", "reason", "challenge", "scope", "headers", "decision")
+
+    status: int
+    error: str
+    description: str
+    reason: str
+    challenge: str | None
+    scope: tuple[str, ...]
+    headers: tuple[tuple[bytes, bytes], ...]
+    decision: str
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        reason: str,
+        challenge: str | None = None,
+        scope: tuple[str, ...] = (),
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        decision: str = "deny",
+    ) -> None:
+        super().__init__(f"{status} {error} ({reason}): {description}")
+        for name, value in (
+            ("status", status),
+            ("error", error),
+            ("description", description),
+            ("reason", reason),
+            ("challenge", challenge),
+            ("scope", scope),
+            ("headers", headers),
+            ("decision", decision),
+        ):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Frozen: what a step decided is what is answered and audited. Python's own dunders (__traceback__,
+        # __cause__) stay writable, so raising, chaining and context managers work as with any exception.
+        if name in Refusal.__slots__:
+            raise AttributeError(f"a Refusal is frozen: cannot set {name}")
+        super().__setattr__(name, value)
+
 
 # The challenges a caller may ask for. "no_token" is RFC 6750 §3.1's request without authentication: no error
 # code or error information, only where to learn how to get a token.
