@@ -33,8 +33,9 @@ def target_of(scope: dict[str, Any]) -> bytes:
     return raw + b"?" + query if query else raw
 
 
-async def stream_back(send: Callable[..., Awaitable[Any]], status: int, headers: list[tuple[bytes, bytes]],
-                      body: AsyncIterator[bytes]) -> None:
+async def stream_back(
+    send: Callable[..., Awaitable[Any]], status: int, headers: list[tuple[bytes, bytes]], body: AsyncIterator[bytes]
+) -> None:
     out = [(name.lower(), value) for name, value in headers if name.lower() not in HOP_BY_HOP]
     await send({"type": "http.response.start", "status": status, "headers": out})
     async for chunk in body:
@@ -85,8 +86,9 @@ async def make_httpx2_tuned(upstream: str):
     import httpx2
 
     limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=60)
-    client = httpx2.AsyncClient(limits=limits, http1=True, http2=False, trust_env=False,
-                                timeout=httpx2.Timeout(30, connect=5))
+    client = httpx2.AsyncClient(
+        limits=limits, http1=True, http2=False, trust_env=False, timeout=httpx2.Timeout(30, connect=5)
+    )
     return _httpx_handler(httpx2, client, upstream), client.aclose
 
 
@@ -104,8 +106,9 @@ async def make_httpcore2(upstream: str):
     import httpcore2
 
     parts = urlsplit(upstream)
-    pool = httpcore2.AsyncConnectionPool(max_connections=256, max_keepalive_connections=256, keepalive_expiry=60,
-                                         http1=True, http2=False)
+    pool = httpcore2.AsyncConnectionPool(
+        max_connections=256, max_keepalive_connections=256, keepalive_expiry=60, http1=True, http2=False
+    )
     scheme, host, port = parts.scheme.encode(), parts.hostname.encode(), parts.port
     extensions = {"timeout": {"connect": 5.0, "read": 30.0, "write": 30.0, "pool": 30.0}}
 
@@ -149,7 +152,9 @@ async def make_aiohttp(upstream: str):
 
     connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30),
     )
@@ -321,8 +326,16 @@ def main() -> None:
     import uvicorn
 
     candidate, upstream, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    uvicorn.run(build_app(candidate, upstream), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", lifespan="on")
+    uvicorn.run(
+        build_app(candidate, upstream),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

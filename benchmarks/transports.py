@@ -27,8 +27,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CANDIDATES_FILE = HERE / "_transports_candidates.py"
-ORDER = ["uvicorn-fixed", "httpx-0.28", "httpx2-default", "httpx2-tuned", "httpcore2", "aiohttp-default",
-         "aiohttp-tuned", "handrolled", "forwarder"]
+ORDER = [
+    "uvicorn-fixed",
+    "httpx-0.28",
+    "httpx2-default",
+    "httpx2-tuned",
+    "httpcore2",
+    "aiohttp-default",
+    "aiohttp-tuned",
+    "handrolled",
+    "forwarder",
+]
 PATH = "/v1/customers/42?fields=id%2Cname"
 
 NGINX_CONF = """\
@@ -105,8 +114,12 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, connections: int, duration: int) -> Run:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
@@ -130,8 +143,12 @@ class Candidate:
             return
         port = free_port()
         self.url = f"http://127.0.0.1:{port}{PATH}"
-        self.proc = subprocess.Popen([python, str(CANDIDATES_FILE), name, upstream, str(port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [python, str(CANDIDATES_FILE), name, upstream, str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_http(port)
         except Exception:
@@ -142,8 +159,11 @@ class Candidate:
         run = wrk(self.url, connections, duration)
         self.runs.setdefault(connections, []).append(run)
         flag = f"  ERRORS {run.errors}" if run.errors else ""
-        print(f"  {label} {self.name:<15} c{connections:<3}: {run.rps:>9.0f} req/s  "
-              f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms{flag}", flush=True)
+        print(
+            f"  {label} {self.name:<15} c{connections:<3}: {run.rps:>9.0f} req/s  "
+            f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms{flag}",
+            flush=True,
+        )
 
     def median(self, connections: int) -> Run:
         """The run with the median req/s (its own latencies, not a mix of runs)."""
@@ -182,8 +202,10 @@ def table(candidates: list[Candidate], connections: int) -> str:
     ]
     for c in candidates:
         hi, lo = c.median(connections), c.median(1)
-        lines.append(f"| {c.name} | {hi.rps:,.0f} | {hi.rps / direct:.3f} | {hi.p50_ms:.2f} ms | {hi.p99_ms:.2f} ms "
-                     f"| {lo.rps:,.0f} | {lo.p50_ms:.3f} ms | {lo.p99_ms:.3f} ms |")
+        lines.append(
+            f"| {c.name} | {hi.rps:,.0f} | {hi.rps / direct:.3f} | {hi.p50_ms:.2f} ms | {hi.p99_ms:.2f} ms "
+            f"| {lo.rps:,.0f} | {lo.p50_ms:.3f} ms | {lo.p99_ms:.3f} ms |"
+        )
     return "\n".join(lines)
 
 
@@ -221,9 +243,12 @@ def main() -> int:
             for name in names:
                 python = args.httpx_python if name == "httpx-0.28" else sys.executable
                 candidates.append(Candidate(name, python, upstream))
-            print(f"nginx (1 worker) on {upstream}; {len(names)} proxies idle until measured; "
-                  f"wrk -t1 -c{args.connections} {args.duration}s then -c1 {args.latency_duration}s, "
-                  f"{args.runs} rounds each, median kept", flush=True)
+            print(
+                f"nginx (1 worker) on {upstream}; {len(names)} proxies idle until measured; "
+                f"wrk -t1 -c{args.connections} {args.duration}s then -c1 {args.latency_duration}s, "
+                f"{args.runs} rounds each, median kept",
+                flush=True,
+            )
             measure_all(candidates, args)
         finally:
             for c in candidates:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, LoadedConfig, config_schema, load_config, parse_duration
-from gateway.redis_url import redacted
+from gateway.redis.url import redacted
 from gateway.tokens.jwk import SIGNING_ALGORITHMS
 
 DEFAULT_CONFIG = os.environ.get("TOLLBOOTH_CONFIG", "config/example.yaml")
@@ -209,7 +209,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_keys_agent(args: argparse.Namespace) -> int:
     from gateway.client import TollboothError, generate_agent_key
-    from gateway.client.keys import default_key_file
+    from gateway.client.agent_keys import default_key_file
 
     try:
         key_file = Path(args.out) if args.out else default_key_file(args.name)
@@ -358,7 +358,7 @@ def _audit_revocation(config: Config, args: argparse.Namespace, now: float) -> s
     else why not."""
     from gateway.audit.events import AuditEvent
     from gateway.audit.record import record_event
-    from gateway.redis_connect import REDIS_FAILURES
+    from gateway.redis.connect import REDIS_FAILURES
 
     what = "jti" if args.jti else "agent" if args.agent else "subject"
     event = AuditEvent(

@@ -31,7 +31,7 @@ from gateway.issuer.keystore import KeyStore, KeyStoreError
 from gateway.proxy.app import ProxyApp
 from gateway.proxy.protocol import OnRefuse, guarded_protocol
 from gateway.proxy.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
-from gateway.redis_connect import REDIS_FAILURES, async_client
+from gateway.redis.connect import REDIS_FAILURES, async_client
 from gateway.reload import ConfigWatcher
 from gateway.state import RevocationList, SharedState, open_state
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter, open_rate_limiter

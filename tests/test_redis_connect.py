@@ -18,7 +18,7 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis_topologies import MASTER_NAME, RedisProcess, free_cluster_port
 from support import free_port, wait_until
 
-from gateway.redis_connect import REDIS_FAILURES, async_client, sync_client
+from gateway.redis.connect import REDIS_FAILURES, async_client, sync_client
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot as redis_py_key_slot
 
-from gateway.redis_slots import hash_tag, key_slot, slot_tag, tagged_prefix
+from gateway.redis.slots import hash_tag, key_slot, slot_tag, tagged_prefix
 
 
 @pytest.mark.parametrize(

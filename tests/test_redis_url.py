@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 
 from gateway.config import ConfigError, load_config
-from gateway.redis_url import RedisTarget, RedisUrlError, parse_redis_url, redacted
+from gateway.redis.url import RedisTarget, RedisUrlError, parse_redis_url, redacted
 
 PASSWORD = "hunter2-s3cret"
 # A password around each character that is reserved in a URL or special to the parsing here, written raw and

@@ -7,7 +7,7 @@ import os
 
 from gateway.audit.events import AuditEvent, encode_event
 from gateway.config import AuditConfig
-from gateway.redis_connect import sync_client
+from gateway.redis.connect import sync_client
 
 
 def record_event(redis_url: str, audit: AuditConfig, event: AuditEvent) -> None:

@@ -15,7 +15,7 @@ The bookkeeping is one small key per sink (process run), not one per event, so i
 That key is "<stream>:written:<prefix>". On Redis Cluster it must share the stream's hash slot, because the script
 touches both. When `audit.stream` has a hash tag (`{tollbooth}:audit`) the key carries the same tag; otherwise (the
 default `tollbooth:audit`) the key starts with a short tag chosen to fall in the stream's slot, so the stream keeps
-the name consumers read (gateway.redis_slots.slot_tag).
+the name consumers read (gateway.redis.slots.slot_tag).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from gateway.audit.sinks import LINGER_SECONDS
 from gateway.audit.spool import Chunk, Spool
 from gateway.config import AuditConfig
 from gateway.metrics import AUDIT_EVENTS, AUDIT_QUEUE_DEPTH, AUDIT_SPOOL_BYTES, AUDIT_SPOOL_OLDEST_AGE, child
-from gateway.redis_connect import async_client
-from gateway.redis_slots import hash_tag, slot_tag
-from gateway.redis_url import parse_redis_url
+from gateway.redis.connect import async_client
+from gateway.redis.slots import hash_tag, slot_tag
+from gateway.redis.url import parse_redis_url
 
 log = logging.getLogger("tollbooth.audit")
 T = TypeVar("T")

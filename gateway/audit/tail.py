@@ -17,7 +17,7 @@ import orjson
 
 from gateway.audit.events import parse_rfc3339
 from gateway.config import Config
-from gateway.redis_connect import SyncClient, sync_client
+from gateway.redis.connect import SyncClient, sync_client
 
 _PAGE = 500
 # A stream entry as the client below (decode_responses=True, RESP2) returns it: redis-py's annotations also cover

@@ -5,6 +5,7 @@ auth = TollboothAuth("billing-bot", proxy_url="http://127.0.0.1:8080", private_k
 httpx2.get("http://127.0.0.1:8080/v1/customers", auth=auth)
 """
 
+from gateway.client.agent_keys import generate_agent_key
 from gateway.client.auth import TollboothAuth
 from gateway.client.errors import (
     DiscoveryError,
@@ -13,7 +14,6 @@ from gateway.client.errors import (
     TokenRequestError,
     TollboothError,
 )
-from gateway.client.keys import generate_agent_key
 
 __all__ = [
     "DiscoveryError",

@@ -23,7 +23,7 @@ from gateway.client.credentials import ClientSecret, Credential, PrivateKeyJwt
 from gateway.client.discovery import Endpoints, bearer_challenge, discover, resource_covers, same_origin
 from gateway.client.errors import DiscoveryError, InsufficientScope, TokenRequestError, TollboothError
 from gateway.client.exchange import Exchange, T, run_async, run_sync
-from gateway.client.grants import (
+from gateway.client.token_requests import (
     ClientCredentials,
     Token,
     TokenExchange,

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from gateway.state.grants import RefreshGrant, RefreshReused, refresh_token_hash
 from gateway.state.health import StateUnavailable
 from gateway.state.local import LocalState
 from gateway.state.redis_state import RedisState, redis_client
+from gateway.state.refresh_families import RefreshGrant, RefreshReused, refresh_token_hash
 from gateway.state.revocations import RevocationList
 
 __all__ = [

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.metrics import STATE_RELOADS
-from gateway.state.grants import RefreshGrant, RefreshReused, check_token_hash
 from gateway.state.health import Health, StateUnavailable
 from gateway.state.journal import RevocationJournal
 from gateway.state.memory import RefreshFamilies, ReplayCache
+from gateway.state.refresh_families import RefreshGrant, RefreshReused, check_token_hash
 from gateway.state.revocations import RevocationList
 
 log = logging.getLogger("tollbooth.state")

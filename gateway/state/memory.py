@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from gateway.state.grants import RefreshGrant, RefreshReused
+from gateway.state.refresh_families import RefreshGrant, RefreshReused
 
 
 class ReplayCache:

@@ -17,7 +17,7 @@ messages sent while it was away are lost, and every `resync_interval` as a safet
 
 The scripts compute most key names themselves (a family's keys from its id). Redis Cluster accepts that while every
 key a script touches is in the slot of the keys it declares, on that node: so on Cluster the prefix becomes a hash
-tag ("{tollbooth}:", gateway.redis_slots.tagged_prefix), which keeps all of these keys in one slot, and every script
+tag ("{tollbooth}:", gateway.redis.slots.tagged_prefix), which keeps all of these keys in one slot, and every script
 declares at least one of them. One slot is one node's worth of state, which is small (revocations, live families);
 Cluster still brings failover. On one server or Sentinel the names stay as they were, so an upgrade keeps the data.
 """
@@ -40,11 +40,11 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from gateway.metrics import STATE_RELOADS
-from gateway.redis_connect import REDIS_FAILURES, AsyncClient, async_client, subscriber
-from gateway.redis_slots import tagged_prefix
-from gateway.redis_url import parse_redis_url
-from gateway.state.grants import RefreshGrant, RefreshReused, check_token_hash
+from gateway.redis.connect import REDIS_FAILURES, AsyncClient, async_client, subscriber
+from gateway.redis.slots import tagged_prefix
+from gateway.redis.url import parse_redis_url
 from gateway.state.health import Health, StateUnavailable
+from gateway.state.refresh_families import RefreshGrant, RefreshReused, check_token_hash
 from gateway.state.revocations import RevocationList
 
 log = logging.getLogger("tollbooth.state")
@@ -57,7 +57,7 @@ MAX_CONNECTIONS = 1024  # per process, per node
 
 def redis_client(url: str) -> AsyncClient:
     """The client for shared state at `redis.url`: one server, a Sentinel-managed master or a Cluster (see
-    gateway.redis_url for the URL forms).
+    gateway.redis.url for the URL forms).
 
     No automatic retries: a retried script could run twice (a rotation seen as its own reuse, an assertion as its
     own replay). Pooled connections that died are still replaced before use, when the pool hands them out."""

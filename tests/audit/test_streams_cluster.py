@@ -12,7 +12,7 @@ from redis_topologies import RedisCluster, redis_cluster  # noqa: F401
 
 from gateway.audit.events import AuditEvent, encode_event
 from gateway.audit.streams import RedisStreamSink, mark_key_prefix
-from gateway.redis_slots import key_slot
+from gateway.redis.slots import key_slot
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from support import wait_until
 from gateway.client import DiscoveryError, TokenRequestError, TollboothAuth
 from gateway.client.credentials import ClientSecret
 from gateway.client.exchange import Call
-from gateway.client.grants import TokenExchange
+from gateway.client.token_requests import TokenExchange
 from gateway.wire import ACCESS_TOKEN_TYPE
 
 SECRET = "the-real-client-secret"

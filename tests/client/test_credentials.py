@@ -12,9 +12,9 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from gateway.client.agent_keys import generate_agent_key
 from gateway.client.credentials import ClientSecret, PrivateKeyJwt, algorithm_for
 from gateway.client.errors import TollboothError
-from gateway.client.keys import generate_agent_key
 from gateway.tokens.jwks import parse_jwks
 from gateway.wire import ASSERTION_TYPE
 

@@ -16,7 +16,7 @@ from support import free_port
 
 from gateway.config import RateLimit
 from gateway.principal import Principal
-from gateway.redis_slots import key_slot
+from gateway.redis.slots import key_slot
 from gateway.state import RedisState, RefreshGrant, RefreshReused, StateUnavailable, refresh_token_hash
 from gateway.state.ratelimit import RedisRateLimiter
 

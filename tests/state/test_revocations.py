@@ -8,7 +8,7 @@ import pytest
 
 from gateway.principal import Principal
 from gateway.state import RefreshGrant, RevocationList, refresh_token_hash
-from gateway.state.grants import check_token_hash
+from gateway.state.refresh_families import check_token_hash
 
 NOW = 1_750_000_000.0
 

@@ -1,4 +1,4 @@
-"""Connecting to Redis, whichever topology `redis.url` names (see gateway.redis_url): every Redis client of
+"""Connecting to Redis, whichever topology `redis.url` names (see gateway.redis.url): every Redis client of
 Tollbooth is built here, from the URL and the caller's connection options (timeouts, retries, decoding).
 
 - One server: redis-py's own URL handling.
@@ -24,7 +24,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.exceptions import RedisClusterException, RedisError
 
-from gateway.redis_url import parse_redis_url
+from gateway.redis.url import parse_redis_url
 
 # What a client raises when Redis fails or cannot be reached. A Cluster that cannot be reached at all raises
 # RedisClusterException, which is not a RedisError.

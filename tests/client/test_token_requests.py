@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.client.errors import ProtocolError
-from gateway.client.grants import ClientCredentials, TokenExchange, refresh_form, schedule, token_from
+from gateway.client.token_requests import ClientCredentials, TokenExchange, refresh_form, schedule, token_from
 from gateway.wire import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE
 
 URL = "http://127.0.0.1:8081/oauth/token"

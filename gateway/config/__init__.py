@@ -1,0 +1,46 @@
+"""The YAML configuration: typed models (models.py, values.py), loading (load.py), problems for people (messages.py).
+
+Other modules import from here, not from the parts.
+"""
+
+from gateway.config.load import LoadedConfig, expand_env, load_config
+from gateway.config.messages import ConfigError
+from gateway.config.models import (
+    HTTP_METHODS,
+    AdminConfig,
+    AgentConfig,
+    AuditConfig,
+    AuthFailureLimits,
+    Config,
+    IssuerConfig,
+    ProxyConfig,
+    RedisConfig,
+    RouteConfig,
+    TrustedIssuerConfig,
+    UpstreamConfig,
+    config_schema,
+)
+from gateway.config.values import RateLimit, parse_duration, parse_rate_limit
+
+__all__ = [
+    "HTTP_METHODS",
+    "AdminConfig",
+    "AgentConfig",
+    "AuditConfig",
+    "AuthFailureLimits",
+    "Config",
+    "ConfigError",
+    "IssuerConfig",
+    "LoadedConfig",
+    "ProxyConfig",
+    "RateLimit",
+    "RedisConfig",
+    "RouteConfig",
+    "TrustedIssuerConfig",
+    "UpstreamConfig",
+    "config_schema",
+    "expand_env",
+    "load_config",
+    "parse_duration",
+    "parse_rate_limit",
+]
