@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from gateway.audit.events import AuditEvent
 from gateway.config import Config, LoadedConfig, UpstreamConfig, load_config
 from gateway.issuer.keystore import KeyStore
 from gateway.proxy.app import ProxyApp
@@ -23,6 +22,7 @@ from gateway.proxy.snapshot import Leases, Snapshot, build_snapshot, retire_snap
 from gateway.state import RevocationList
 from gateway.tokens.access_token import mint_access_token
 from gateway.trust import JwksCaches
+from tests.list_sink import ListSink
 from tests.proxy.fake_upstream import FakeReply, FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -55,25 +55,6 @@ routes:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class ListSink:
-    """An audit sink that keeps what it is given: the AuditSink Protocol, in memory."""
-
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-        self.healthy = True
-        self.problem: str | None = None
-
-    def emit(self, event: AuditEvent) -> bool:
-        self.events.append(event)
-        return True
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
 
 
 class Harness:
