@@ -1,18 +1,20 @@
-# syntax=docker/dockerfile:1
 # Tollbooth's image: the wheel is built in one stage and installed into a virtualenv, and only that virtualenv
 # reaches the runtime stage (no compiler, no pip cache, no source tree, no keys). Build and run: docs/deploying.md.
-ARG PYTHON_IMAGE=python:3.11-slim
+# No `# syntax=` line: the builder's own frontend parses this file, so a build fetches the base image and PyPI
+# packages and nothing else (offline and mirrored build hosts). The base is pinned to a patch release.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # The build context is only what the wheel needs (.dockerignore allows these and nothing else).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gateway ./gateway
+# constraints.txt pins every runtime dependency (`make constraints` writes it): a rebuild installs the same versions.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/tollbooth \
- && /opt/tollbooth/bin/pip install /wheels/tollbooth-*.whl
+ && /opt/tollbooth/bin/pip install --constraint constraints.txt /wheels/tollbooth-*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
 # The virtualenv's scripts name /opt/tollbooth/bin/python: it must sit at the same path as in the builder.

@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
-.PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools
+.PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
+	constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +63,15 @@ bench-transports: install bench-tools
 lint: install
 	$(BIN)/ruff check gateway tests benchmarks
 	$(BIN)/mypy
+
+# constraints.txt: the image's pinned runtime packages, resolved in a fresh virtualenv from pyproject.toml.
+constraints:
+	rm -rf .tollbooth/constraints-venv
+	$(PYTHON) -m venv .tollbooth/constraints-venv
+	.tollbooth/constraints-venv/bin/pip install --quiet .
+	{ sed -n '/^#/p' constraints.txt; .tollbooth/constraints-venv/bin/pip freeze --exclude tollbooth; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .tollbooth/constraints-venv
 
 clean:
 	rm -rf $(VENV) .tollbooth .pytest_cache .hypothesis

@@ -10,11 +10,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from support import free_port, wait_until
 
 from gateway.config import expand_env
@@ -87,7 +90,7 @@ def test_build_context_leaves_out_keys_secrets_venv_and_git(dockerignore: list[s
 
 def test_build_context_is_only_the_package_and_its_metadata(dockerignore: list[str]):
     sent = {entry.name for entry in ROOT.iterdir() if not ignored(entry.name, dockerignore)}
-    assert sent == {"pyproject.toml", "README.md", "gateway"}
+    assert sent == {"pyproject.toml", "README.md", "constraints.txt", "gateway"}
     secrets = [p for p in (ROOT / "gateway").rglob("*") if p.suffix in (".pem", ".key", ".secret", ".token")]
     assert secrets == []
 
@@ -105,10 +108,53 @@ def test_every_copied_source_is_in_the_build_context(dockerfile, dockerignore: l
 def test_wheel_is_built_in_one_stage_and_only_the_virtualenv_reaches_the_runtime(dockerfile):
     assert dockerfile.stages == ["builder", "runtime"]
     assert all(i.args.startswith("${PYTHON_IMAGE}") for i in dockerfile.of("FROM"))
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in [f"ARG {i.args}" for i in dockerfile.of("ARG", "")]
+    assert [i.args for i in dockerfile.of("ARG", "")] == ["PYTHON_IMAGE=python:3.11.14-slim-bookworm"]
     assert any("pip wheel" in i.args for i in dockerfile.of("RUN", "builder"))
     assert [i.args for i in dockerfile.of("COPY", "runtime")] == ["--from=builder /opt/tollbooth /opt/tollbooth"]
     assert not any("pip" in i.args for i in dockerfile.of("RUN", "runtime"))
+
+
+def test_builds_with_the_builders_own_frontend_and_a_patch_pinned_base(dockerfile):
+    """A `# syntax=` directive makes BuildKit pull a frontend image first: offline and mirrored hosts fail."""
+    first = (ROOT / "Dockerfile").read_text().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.IGNORECASE)
+    base = dockerfile.of("ARG", "")[0].args.split("=", 1)[1]
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+", base), f"{base}: pin the patch release and the Debian"
+
+
+def _runtime_requirements(name: str, seen: dict[str, Requirement]) -> dict[str, Requirement]:
+    """Every distribution `name` needs at run time (no extras of its own, markers for this interpreter)."""
+    for text in metadata.requires(name) or []:
+        requirement = Requirement(text)
+        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        key = canonicalize_name(requirement.name)
+        if key in seen:
+            continue
+        seen[key] = requirement
+        _runtime_requirements(requirement.name, seen)
+        for extra in requirement.extras:  # uvicorn[standard]: what the extra adds
+            for extra_text in metadata.requires(requirement.name) or []:
+                extra_requirement = Requirement(extra_text)
+                marker = extra_requirement.marker
+                if marker and marker.evaluate({"extra": extra}) and not marker.evaluate({"extra": ""}):
+                    seen.setdefault(canonicalize_name(extra_requirement.name), extra_requirement)
+                    _runtime_requirements(extra_requirement.name, seen)
+    return seen
+
+
+def test_constraints_pin_every_runtime_dependency_within_pyproject():
+    lines = [line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()]
+    pins = dict(line.split("==", 1) for line in lines if line and not line.startswith("#"))
+    pinned = {canonicalize_name(name): version for name, version in pins.items()}
+    needed = _runtime_requirements("tollbooth", {})
+    assert {"uvicorn", "httpx2", "pyjwt", "uvloop"} <= set(needed)
+    missing = sorted(set(needed) - set(pinned))
+    assert not missing, f"constraints.txt pins no version of {missing}: run `make constraints`"
+    for key, requirement in needed.items():
+        assert requirement.specifier.contains(pinned[key], prereleases=True), (
+            f"constraints.txt pins {key}=={pinned[key]}, outside {requirement}: run `make constraints`"
+        )
 
 
 def test_runs_as_a_numeric_non_root_user(dockerfile):
