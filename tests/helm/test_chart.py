@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,7 +130,25 @@ def test_schema_is_draft_07_and_refuses_unknown_keys(schema: dict[str, Any]):
     assert schema["additionalProperties"] is False
     closed = [key for key, sub in schema["properties"].items() if sub.get("type") == "object" and "properties" in sub]
     open_ = [key for key in closed if schema["properties"][key].get("additionalProperties") is not False]
-    assert open_ == ["config"], "only the gateway config is open: `tollbooth check` validates it"
+    assert open_ == []
+    config = schema["properties"]["config"]["allOf"][0]
+    assert config["additionalProperties"] is False, "the gateway's own schema closes config"
+
+
+def test_schema_is_the_chart_values_plus_the_current_gateway_config_schema(schema: dict[str, Any]):
+    """`make chart-schema` writes it; a config field added without rerunning it fails here."""
+    gateway = subprocess.run(
+        [sys.executable, "-m", "gateway", "schema"], capture_output=True, text=True, check=True, timeout=60
+    )
+    generated = subprocess.run(
+        [sys.executable, str(ROOT / "helm" / "values_schema.py")],
+        input=gateway.stdout,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(generated.stdout) == schema, "values.schema.json is stale: run `make chart-schema`"
 
 
 def test_default_values_match_the_schema(schema: dict[str, Any], values: dict[str, Any]):
@@ -154,6 +174,12 @@ MULTI_POD = {"redis": {"existingSecret": "tollbooth-redis"}, "keys": {"existingS
         ({"config": {"routes": []}}, "config"),
         ({"redis": {"url": "redis-host:6379"}}, "redis.url"),
         ({"secretEnv": [{"name": "CRM-KEY", "secretName": "s", "key": "k"}]}, "secretEnv.0.name"),
+        ({"config": {"bogus": 1}}, "config"),
+        ({"config": {"proxy": {"bogus": 1}}}, "config.proxy"),
+        ({"config": {"proxy": {"listen": "0.0.0.0:70000"}}}, "config.proxy.listen"),
+        ({"config": {"issuer": {"max_delegation_depth": 99}}}, "config.issuer.max_delegation_depth"),
+        ({"routes": [{"name": "r", "scopes": ["crm.read"]}]}, "routes.0"),
+        ({"routes": [{"name": "r", "path": "/v1", "scopes": "crm.read"}]}, "routes.0.scopes"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
 )
