@@ -274,6 +274,17 @@ def test_check_warns_about_duplicate_and_shadowed_routes(
     assert strict.err.endswith("error: 1 warning(s), and --strict treats warnings as errors\n")
 
 
+def test_check_strict_refuses_a_config_without_routes(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Default deny makes it valid, but `0 routes` passing a deploy-time check would deny everything."""
+    (tmp_path / "tollbooth.yaml").write_text("version: 1\nroutes_file: routes.yaml\n")
+    (tmp_path / "routes.yaml").write_text("routes: []\n")
+    lenient = cli("check", "--config", str(tmp_path / "tollbooth.yaml"))
+    assert lenient.code == 0 and lenient.out.startswith("ok: ") and "0 routes" in lenient.out
+    assert lenient.err.startswith("warning: no routes: every request to the proxy is denied (403)")
+    strict = cli("check", "--strict", "--config", str(tmp_path / "tollbooth.yaml"))
+    assert strict.code == 1 and strict.out == ""
+
+
 def test_check_strict_passes_a_clean_config(project: Project, cli: Callable[..., Result]) -> None:
     result = cli("check", "--strict", "--config", str(project.config))
     assert (result.code, result.err) == (0, "")

@@ -375,6 +375,10 @@ def route_warnings(config: Config) -> list[str]:
 
     Indices count the routes of the main file first, then those of `routes_file`, as the loaded config holds them.
     """
+    if not config.routes:
+        # Default deny makes this legal, but it is never what a deployment means: usually a routes file that
+        # lost its entries, or a chart's `routes` value left empty.
+        return ["no routes: every request to the proxy is denied (403); add routes to the config or its routes_file"]
     warnings: list[str] = []
     for index, route in enumerate(config.routes):
         for warning in (_unmatchable(route, index), _shadowing(config, index)):
