@@ -1,5 +1,5 @@
-"""Fixtures for the packaging tests (the image and the Helm chart), which run no Docker and no helm: the parsed
-Dockerfile, the chart's values, a Tollbooth config's writable paths, and `tollbooth check` in a subprocess."""
+"""Fixtures for the packaging tests (the image and the Helm chart): the parsed Dockerfile, the chart's values, a
+Tollbooth config's writable paths, `tollbooth check` in a subprocess, and the chart rendered by a real helm."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helm_chart import Chart
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "tollbooth"
@@ -141,3 +142,8 @@ def check_config(tmp_path: Path) -> CheckConfig:
         )
 
     return check
+
+
+@pytest.fixture
+def chart(tmp_path: Path) -> Chart:
+    return Chart(tmp_path)

@@ -1,6 +1,6 @@
-"""The Helm chart, checked without helm: Chart.yaml, values.yaml against values.schema.json, every `.Values` path
-and `include` the templates use, the gateway config the ConfigMap carries (through `tollbooth check`), and the
-pod's ports, probes, mounts and security settings read from the templates with their actions neutralised."""
+"""The Helm chart rendered by a real helm (make test fetches it): the schema and the templates refuse what would
+crash-loop, `helm lint` passes every ci values file, every rendering validates strictly against each Kubernetes
+version the chart admits, and the manifests say what the gateway needs (ports, probes, mounts, rollout, names)."""
 
 from __future__ import annotations
 
@@ -9,75 +9,40 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
-from argon2 import PasswordHasher
+from helm_chart import CHART, CI_VALUES, NAMESPACE, Chart, Rendered, helm, resolved_env
 
 from gateway import __version__
 from gateway.reload import _RESTART_ONLY
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "tollbooth"
-TEMPLATES = CHART / "templates"
 COMPONENTS = ("proxy", "issuer")
 VOLUME = "/var/lib/tollbooth"
 CONFIG_DIR = "/etc/tollbooth"
-
-ACTION = re.compile(r"{{-?\s*(.*?)\s*-?}}")
-COMMENT = re.compile(r"{{-?\s*/\*.*?\*/\s*-?}}", re.S)
-VALUES_PATH = re.compile(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+SIDECAR = CHART / "ci" / "sidecar-values.yaml"
+DRAIN_SECONDS = 30  # gateway/serve.py's graceful_seconds: in-flight requests after SIGTERM
 
 
-def template_texts() -> dict[str, str]:
-    return {path.name: path.read_text() for path in sorted(TEMPLATES.iterdir()) if path.is_file()}
-
-
-def skeleton(text: str) -> str:
-    """The template with its actions neutralised, so the YAML around them can be parsed and inspected: comments
-    go, a line that is only actions (control flow, `include ... | nindent`) goes, and an action inside a line
-    becomes `<<expression>>`. Both branches of an `if` stay; a `range` body stays once."""
-    lines = []
-    for line in COMMENT.sub("", text).splitlines():
-        if ACTION.search(line) and not ACTION.sub("", line).strip():
-            continue
-        lines.append(ACTION.sub(lambda m: f"<<{m.group(1)}>>", line))
-    return "\n".join(lines)
-
-
-def define_body(text: str, name: str) -> str:
-    """The text between `define "name"` and its own `end`, counting the blocks opened inside it."""
-    start = re.search(r'{{-?\s*define\s+"' + re.escape(name) + r'"\s*-?}}', text)
-    assert start, f"no define {name!r}"
-    depth = 1
-    for action in ACTION.finditer(text, start.end()):
-        word = action.group(1).split(" ", 1)[0]
-        depth += word in ("if", "range", "with", "define", "block")
-        depth -= word == "end"
-        if depth == 0:
-            return text[start.end() : action.start()]
-    raise AssertionError(f"define {name!r} has no end")
-
-
-def documents(name: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(skeleton((TEMPLATES / name).read_text())) if doc]
-
-
-@pytest.fixture(scope="module")
-def container() -> dict[str, Any]:
-    """The container a Deployment runs per component (its skeleton; `<<$component>>` stands for the name)."""
-    parsed = yaml.safe_load(skeleton(define_body((TEMPLATES / "_helpers.tpl").read_text(), "tollbooth.container")))
-    assert isinstance(parsed, list) and len(parsed) == 1
-    return parsed[0]
+def ci_id(path: Path) -> str:
+    return path.name.removesuffix("-values.yaml")
 
 
 @pytest.fixture(scope="module")
 def schema() -> dict[str, Any]:
     return json.loads((CHART / "values.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def renderings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
+    """Each ci values file rendered once for the module."""
+    chart = Chart(tmp_path_factory.mktemp("renderings"))
+    return {ci_id(path): chart.render(path) for path in CI_VALUES}
 
 
 def merged(base: Any, override: Any) -> Any:
@@ -87,25 +52,6 @@ def merged(base: Any, override: Any) -> Any:
     return copy.deepcopy(override)
 
 
-# What the Secrets of docs/deploying.md hold, as far as `tollbooth check` looks: an agent's hash must be argon2id.
-SECRET_STAND_INS = {"BILLING_BOT_SECRET_HASH": PasswordHasher().hash("stand-in")}
-
-
-def container_env(values: dict[str, Any], component: str) -> dict[str, str]:
-    """The environment the chart gives a container, with stand-ins for what comes from Secrets."""
-    env = {
-        "TOLLBOOTH_ADMIN_PORT": str(values["adminPorts"][component]),
-        "TOLLBOOTH_PROXY_SERVICE": "tollbooth-proxy",
-        "TOLLBOOTH_NAMESPACE": "default",
-    }
-    if values["redis"]["existingSecret"] or values["redis"]["url"]:
-        env["REDIS_URL"] = values["redis"]["url"] or "redis://redis.example:6379/0"
-    for entry in values.get("secretEnv", []):
-        env[entry["name"]] = SECRET_STAND_INS.get(entry["name"], f"from-secret-{entry['secretName']}")
-    env.update({name: str(value) for name, value in values.get("env", {}).items()})
-    return env
-
-
 def schema_errors(schema: dict[str, Any], values: dict[str, Any]) -> list[str]:
     return [
         f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
@@ -113,7 +59,7 @@ def schema_errors(schema: dict[str, Any], values: dict[str, Any]) -> list[str]:
     ]
 
 
-# --- Chart.yaml, values.yaml and the schema -------------------------------------------------------------------
+# --- Chart.yaml and the schema ------------------------------------------------------------------------------
 
 
 def test_chart_is_a_v2_application_of_this_version():
@@ -124,15 +70,13 @@ def test_chart_is_a_v2_application_of_this_version():
     assert chart["appVersion"] == __version__, "the image tag defaults to appVersion: keep it the package version"
 
 
-def test_schema_is_draft_07_and_refuses_unknown_keys(schema: dict[str, Any]):
+def test_schema_is_draft_07_and_closed_everywhere(schema: dict[str, Any]):
     jsonschema.Draft7Validator.check_schema(schema)
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
     assert schema["additionalProperties"] is False
     closed = [key for key, sub in schema["properties"].items() if sub.get("type") == "object" and "properties" in sub]
-    open_ = [key for key in closed if schema["properties"][key].get("additionalProperties") is not False]
-    assert open_ == []
-    config = schema["properties"]["config"]["allOf"][0]
-    assert config["additionalProperties"] is False, "the gateway's own schema closes config"
+    assert [key for key in closed if schema["properties"][key].get("additionalProperties") is not False] == []
+    assert schema["properties"]["config"]["allOf"][0]["additionalProperties"] is False, "the gateway's own schema"
 
 
 def test_schema_is_the_chart_values_plus_the_current_gateway_config_schema(schema: dict[str, Any]):
@@ -151,155 +95,186 @@ def test_schema_is_the_chart_values_plus_the_current_gateway_config_schema(schem
     assert json.loads(generated.stdout) == schema, "values.schema.json is stale: run `make chart-schema`"
 
 
-def test_default_values_match_the_schema(schema: dict[str, Any], values: dict[str, Any]):
+def test_default_values_and_every_ci_file_match_the_schema(schema: dict[str, Any], values: dict[str, Any]):
     assert schema_errors(schema, values) == []
+    for path in CI_VALUES:
+        assert schema_errors(schema, merged(values, yaml.safe_load(path.read_text()))) == [], path.name
+
+
+def test_schema_takes_an_environment_placeholder_where_the_gateway_expands_one(schema: dict[str, Any], values):
+    # `${VAR}` is expanded after parsing (gateway/config/load.py), so a number may come from the environment.
+    for value, fine in (("${TOKEN_TTL}", True), ("10m", True), (0, False), ("soon", False)):
+        errors = schema_errors(schema, merged(values, {"config": {"issuer": {"access_token_ttl": value}}}))
+        assert (errors == []) is fine, (value, errors)
 
 
 MULTI_POD = {"redis": {"existingSecret": "tollbooth-redis"}, "keys": {"existingSecret": "tollbooth-keys"}}
 
 
 @pytest.mark.parametrize(
-    ("override", "where"),
+    ("override", "where", "says"),
     [
-        ({"replicaCount": 2}, "redis"),
-        ({"replicaCount": 2, "redis": {"url": "redis://r:6379/0"}}, "keys.existingSecret"),
-        ({"autoscaling": {"enabled": True}}, "redis"),
-        ({"layout": "split", "keys": {"existingSecret": "k"}}, "redis"),
-        ({"layout": "sidecars"}, "layout"),
-        ({"replicas": 2}, ""),
-        ({"config": {"proxy": {"listen": "127.0.0.1:8080"}}}, "config.proxy.listen"),
-        ({"config": {"admin": {"listen": "0.0.0.0:9090"}}}, "config.admin.listen"),
-        ({"config": {"audit": {"file": "/tmp/audit.jsonl"}}}, "config.audit.file"),
-        ({"config": {"routes_file": "rules.yaml"}}, "config.routes_file"),
-        ({"config": {"routes": []}}, "config"),
-        ({"redis": {"url": "redis-host:6379"}}, "redis.url"),
-        ({"secretEnv": [{"name": "CRM-KEY", "secretName": "s", "key": "k"}]}, "secretEnv.0.name"),
-        ({"config": {"bogus": 1}}, "config"),
-        ({"config": {"proxy": {"bogus": 1}}}, "config.proxy"),
-        ({"config": {"proxy": {"listen": "0.0.0.0:70000"}}}, "config.proxy.listen"),
-        ({"config": {"issuer": {"max_delegation_depth": 99}}}, "config.issuer.max_delegation_depth"),
-        ({"routes": [{"name": "r", "scopes": ["crm.read"]}]}, "routes.0"),
-        ({"routes": [{"name": "r", "path": "/v1", "scopes": "crm.read"}]}, "routes.0.scopes"),
+        ({"config": {"bogus": 1}}, "/config", "additional properties 'bogus' not allowed"),
+        ({"config": {"proxy": {"bogus": 1}}}, "/config/proxy", "additional properties 'bogus' not allowed"),
+        ({"routes": [{"name": "r", "scopes": ["crm.read"]}]}, "/routes/0", "missing property 'path'"),
+        ({"routes": [{"name": "r", "path": "/v1", "scopes": "crm.read"}]}, "/routes/0/scopes", "want array"),
+        ({"routes": [{"name": "r", "path": "/v1", "delegation": "maybe"}]}, "/routes/0/delegation", ""),
+        ({"config": {"proxy": {"listen": "0.0.0.0:70000"}}}, "/config/proxy/listen", "does not match"),
+        ({"config": {"issuer": {"listen": "0.0.0.0:0"}}}, "/config/issuer/listen", "does not match"),
+        ({"config": {"proxy": {"listen": "127.0.0.1:8080"}}}, "/config/proxy/listen", "does not match"),
+        ({"config": {"admin": {"listen": "0.0.0.0:9090"}}}, "/config/admin/listen", ""),
+        ({"config": {"audit": {"file": "/tmp/audit.jsonl"}}}, "/config/audit/file", "does not match"),
+        ({"config": {"routes_file": "rules.yaml"}}, "/config/routes_file", ""),
+        ({"config": {"routes": []}}, "/config", ""),
+        ({"config": {"issuer": {"max_delegation_depth": 99}}}, "/config/issuer/max_delegation_depth", "maximum"),
+        ({"adminPorts": {"proxy": 70000}}, "/adminPorts/proxy", "maximum"),
+        ({"service": {"proxyPort": 65536}}, "/service/proxyPort", "maximum"),
+        ({"resources": {"proxy": {"requests": {"memory": "lots"}}}}, "/resources/proxy/requests/memory", ""),
+        ({"replicaCount": 2}, "", "redis"),
+        ({"replicaCount": 2, "redis": {"url": "redis://r:6379/0"}}, "", "keys"),
+        ({"autoscaling": {"enabled": True}}, "", "redis"),
+        ({"layout": "split", "keys": {"existingSecret": "k"}}, "", "redis"),
+        ({"layout": "sidecars"}, "/layout", ""),
+        ({"replicas": 2}, "", "additional properties 'replicas' not allowed"),
+        ({"redis": {"url": "redis-host:6379"}}, "/redis/url", "does not match"),
+        ({"secretEnv": [{"name": "CRM-KEY", "secretName": "s", "key": "k"}]}, "/secretEnv/0/name", ""),
+        ({"preStopDelaySeconds": -1}, "/preStopDelaySeconds", "minimum"),
     ],
-    ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
 )
-def test_schema_refuses(schema: dict[str, Any], values: dict[str, Any], override: dict[str, Any], where: str):
-    errors = schema_errors(schema, merged(values, override))
-    assert any(error.startswith(f"{where}:") for error in errors), errors
+def test_helm_refuses_values_against_the_schema(chart: Chart, override: dict[str, Any], where: str, says: str):
+    error = chart.refusal(SIDECAR, values=override)
+    assert "values don't meet the specifications of the schema" in error
+    assert f"at '{where}'" in error and says in error, error
 
 
 @pytest.mark.parametrize(
-    "override",
+    ("override", "says"),
     [
-        {"replicaCount": 3, **MULTI_POD},
-        {"autoscaling": {"enabled": True}, **MULTI_POD},
-        {"layout": "split", "keys": {"existingSecret": "k"}, "redis": {"url": "redis+sentinel://s:26379/mymaster"}},
+        ({"image": {"repository": ""}}, "image.repository is empty: set it to the registry path"),
+        (
+            {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}, **MULTI_POD},
+            "autoscaling.minReplicas (5) is above autoscaling.maxReplicas (3)",
+        ),
+        (
+            {"terminationGracePeriodSeconds": 40, "preStopDelaySeconds": 10},
+            "terminationGracePeriodSeconds (40) must exceed preStopDelaySeconds (10) plus the 30 seconds",
+        ),
     ],
-    ids=["replicas", "autoscaling", "split"],
+    ids=["no-image", "min-above-max", "grace-too-short"],
 )
-def test_schema_accepts_several_pods_sharing_redis_and_keys(
-    schema: dict[str, Any], values: dict[str, Any], override: dict[str, Any]
-):
-    assert schema_errors(schema, merged(values, override)) == []
+def test_templates_refuse_what_the_schema_cannot_see(chart: Chart, override: dict[str, Any], says: str):
+    assert says in chart.refusal(SIDECAR, values=override)
 
 
-# --- Templates: references, names, manifests -------------------------------------------------------------------
+def test_defaults_alone_name_the_image_repository_to_set(chart: Chart):
+    assert "image.repository is empty" in chart.refusal()
 
 
-def test_every_values_path_a_template_uses_exists_in_values_yaml(values: dict[str, Any]):
-    missing = []
-    for name, text in template_texts().items():
-        for path in VALUES_PATH.findall(text):
-            node: Any = values
-            for key in path.strip(".").split("."):
-                if not (isinstance(node, dict) and key in node):
-                    missing.append(f"{name}: .Values{path}")
-                    break
-                node = node[key]
-    assert missing == []
+def test_kubernetes_older_than_the_chart_admits_is_refused(chart: Chart):
+    assert "requires kubeVersion: >=1.25.0-0" in chart.refusal(SIDECAR, args=("--kube-version", "1.24.9"))
 
 
-def test_values_looked_up_by_component_have_every_component(values: dict[str, Any]):
-    indexed = {
-        path
-        for text in template_texts().values()
-        for path in re.findall(r"index \$root\.Values\.(\w+) \$component", text)
+# --- Lint and strict validation on every admitted Kubernetes ------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CI_VALUES, ids=ci_id)
+def test_helm_lint_passes_each_ci_values_file(path: Path):
+    done = helm("lint", "--strict", str(CHART), "-f", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+
+
+def test_ci_values_cover_every_documented_layout():
+    assert {ci_id(path) for path in CI_VALUES} == {"sidecar", "split", "replicas-redis", "autoscaling"}
+
+
+def admitted_versions() -> list[str]:
+    """Every Kubernetes minor version kubernetes-validate has schemas for that the chart's kubeVersion admits."""
+    floor = re.fullmatch(r">=(\d+)\.(\d+)\.0-0", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"])
+    assert floor, "kubeVersion: a plain lower bound, which this test reads"
+    schemas = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    found = {
+        tuple(map(int, m.groups())) for p in schemas.iterdir() if (m := re.fullmatch(r"v(\d+)\.(\d+)\.0-local", p.name))
     }
-    assert indexed == {"adminPorts", "resources"}
-    for key in indexed:
-        assert set(values[key]) == set(COMPONENTS), key
-    assert all(isinstance(values["config"][component]["listen"], str) for component in COMPONENTS)
+    versions = sorted(v for v in found if v >= (int(floor.group(1)), int(floor.group(2))))
+    assert versions[0] == (1, 25) and versions[-1] >= (1, 37)
+    return [f"{major}.{minor}.0" for major, minor in versions]
 
 
-def test_every_include_is_defined_and_every_define_used():
-    texts = "\n".join(template_texts().values())
-    defined = re.findall(r'define\s+"([^"]+)"', texts)
-    used = set(re.findall(r'(?:include|template)\s+"([^"]+)"', texts))
-    assert len(defined) == len(set(defined)), "a name defined twice"
-    assert used - set(defined) == set(), "included but never defined"
-    assert set(defined) - used == set(), "defined but never used"
+@pytest.mark.parametrize("version", admitted_versions())
+def test_every_rendering_validates_strictly(renderings: dict[str, Rendered], version: str):
+    for layout, rendered in renderings.items():
+        for doc in rendered.docs:
+            if doc["apiVersion"] == "monitoring.coreos.com/v1":
+                continue  # the Prometheus Operator's CRD: kubernetes-validate has no schema for it
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{layout}: {doc['kind']} {doc['metadata']['name']} on {version}: {exc.message}")
 
 
-STABLE_APIS = {
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-}
+def test_each_rendering_holds_the_expected_objects(renderings: dict[str, Rendered]):
+    kinds = {layout: sorted(doc["kind"] for doc in rendered.docs) for layout, rendered in renderings.items()}
+    common = ["ConfigMap", "ConfigMap", "Job", "Pod", "Service", "Service", "Service"]
+    assert kinds["sidecar"] == sorted([*common, "Deployment", "PodDisruptionBudget"])
+    assert kinds["split"] == sorted([*common, "Deployment", "Deployment", "PodDisruptionBudget", "PodDisruptionBudget"])
+    assert kinds["replicas-redis"] == sorted([*common, "Deployment", "PodDisruptionBudget", "ServiceMonitor"])
+    assert kinds["autoscaling"] == sorted([*common, "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"])
+    assert "replicas" not in renderings["autoscaling"].of("Deployment")[0]["spec"], "the autoscaler owns the count"
+    assert renderings["replicas-redis"].of("Deployment")[0]["spec"]["replicas"] == 3
 
 
-def test_every_manifest_parses_and_uses_a_stable_api():
-    kinds = set()
-    for name in template_texts():
-        if name.endswith(".yaml"):
-            for doc in documents(name):
-                kinds.add((doc["apiVersion"], doc["kind"]))
-                assert "labels" in doc["metadata"], f"{name}: {doc['kind']} without the chart's labels"
-    assert kinds == STABLE_APIS
+# --- Names -----------------------------------------------------------------------------------------------------
 
 
-# --- The gateway config in the ConfigMap ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("release", "override"),
+    [
+        ("r" * 53, {}),  # helm's longest release name
+        ("tb", {"fullnameOverride": "f" * 70}),
+        ("tollbooth-" + "x" * 43, {"layout": "split", **MULTI_POD}),
+    ],
+    ids=["long-release", "long-fullname", "long-split"],
+)
+def test_names_never_collide_nor_pass_63_characters(chart: Chart, release: str, override: dict[str, Any]):
+    rendered = chart.render(SIDECAR, values=override, release=release)
+    names = [(doc["kind"], doc["metadata"]["name"]) for doc in rendered.docs]
+    assert len(set(names)) == len(names), names
+    for kind, name in names:
+        assert len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), (kind, name)
+    services = {doc["metadata"]["name"] for doc in rendered.of("Service")}
+    assert len(services) == 3 and all(name.endswith(("-proxy", "-issuer", "-metrics")) for name in services)
+    for doc in rendered.docs:
+        assert all(len(value) <= 63 for value in doc["metadata"]["labels"].values()), doc["metadata"]["labels"]
 
 
-def test_configmap_carries_the_config_and_routes_values_as_they_are():
-    (configmap,) = documents("configmap.yaml")
-    assert set(configmap["data"]) == {"tollbooth.yaml", "routes.yaml"}
-    # What this module's tests feed to `tollbooth check` is what the chart writes: the values, dumped as YAML.
-    text = (TEMPLATES / "configmap.yaml").read_text()
-    assert re.search(r"tollbooth\.yaml: \|\n\s*{{- toYaml \.Values\.config \| nindent 4 }}\n", text)
-    assert re.search(r'routes\.yaml: \|\n\s*{{- toYaml \(dict "routes" \.Values\.routes\) \| nindent 4 }}\n', text)
+# --- The config the pods read ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
-def test_default_config_passes_tollbooth_check_in_each_container(
-    values: dict[str, Any], check_config: Callable[..., Any], component: str
-):
-    result = check_config(values["config"], values["routes"], container_env(values, component))
-    assert result.returncode == 0, result.stderr
+def test_configmap_carries_the_config_and_routes_values_as_they_are(renderings: dict[str, Rendered], values):
+    ci = yaml.safe_load(SIDECAR.read_text())
+    data = renderings["sidecar"].named("ConfigMap", "-tollbooth")["data"]
+    assert set(data) == {"tollbooth.yaml", "routes.yaml"}
+    assert yaml.safe_load(data["tollbooth.yaml"]) == merged(values["config"], ci["config"])
+    assert yaml.safe_load(data["routes.yaml"]) == {"routes": ci["routes"]}
 
 
-def test_config_missing_its_container_environment_fails_check(values: dict[str, Any], check_config):
-    result = check_config(values["config"], values["routes"], {})
-    assert result.returncode == 1 and "TOLLBOOTH_ADMIN_PORT" in result.stderr
-
-
-def docs_values() -> dict[str, Any]:
+def test_documented_values_render_and_their_config_passes_check(chart: Chart, check_config, tmp_path: Path):
     text = (ROOT / "docs" / "deploying.md").read_text()
     block = re.search(r"<!-- chart values: tests/helm/test_chart\.py.*?-->\s*```yaml\n(.*?)```", text, re.S)
     assert block, "docs/deploying.md: the example values block lost its marker"
-    return yaml.safe_load(block.group(1))
-
-
-def test_documented_values_match_the_schema_and_their_config_passes_check(
-    schema: dict[str, Any], values: dict[str, Any], check_config: Callable[..., Any]
-):
-    combined = merged(values, docs_values())
-    assert schema_errors(schema, combined) == []
-    for component in COMPONENTS:
-        result = check_config(combined["config"], combined["routes"], container_env(combined, component))
-        assert result.returncode == 0, result.stderr
+    documented = tmp_path / "documented.yaml"
+    documented.write_text(block.group(1))
+    rendered = chart.render(documented)
+    data = rendered.named("ConfigMap", "-tollbooth")["data"]
+    for name, container in rendered.containers().items():
+        result = check_config(
+            yaml.safe_load(data["tollbooth.yaml"]),
+            yaml.safe_load(data["routes.yaml"])["routes"],
+            resolved_env(container),
+        )
+        assert result.returncode == 0, (name, result.stderr)
 
 
 def test_writable_paths_are_in_the_data_volume(values: dict[str, Any], writable_paths, dockerfile):
@@ -308,131 +283,172 @@ def test_writable_paths_are_in_the_data_volume(values: dict[str, Any], writable_
     assert all(path.startswith(VOLUME + "/") for path in paths.values()), paths
 
 
-def test_pods_restart_only_for_settings_a_reload_cannot_apply():
+def pod_annotations(rendered: Rendered) -> dict[str, str]:
+    return rendered.of("Deployment")[0]["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_pods_restart_for_settings_a_reload_cannot_apply_and_only_for_those(chart: Chart):
     # A checksum of the whole ConfigMap would restart every pod on a routes edit, which must hot-reload instead.
-    sums = [line for text in template_texts().values() for line in text.splitlines() if "sha256sum" in line]
-    assert len(sums) == 1 and "configmap" not in sums[0].lower()
-    picked = set(re.search(r"pick \$\.Values\.config((?: \"\w+\")+)", sums[0]).group(1).replace('"', "").split())
-    assert picked - {"version"} == {key.partition(".")[0] for key in _RESTART_ONLY}
-    assert "routes" not in picked and "routes_file" not in picked
+    base = pod_annotations(chart.render(SIDECAR))
+    hot = {"routes": [{"name": "other", "path": "/v2/x", "upstream": "crm", "scopes": ["crm.read"]}]}
+    hot_config = {"config": {"upstreams": {"crm": {"url": "http://crm-2.crm.svc.cluster.local:9000"}}}}
+    for override in (hot, hot_config):
+        assert pod_annotations(chart.render(SIDECAR, values=override)) == base, override
+    sections = {key.partition(".")[0] for key in _RESTART_ONLY}
+    assert {"proxy", "issuer", "admin", "redis", "audit"} <= sections
+    for override in ({"config": {"proxy": {"max_body_bytes": 1024}}}, {"config": {"audit": {"on_failure": "deny"}}}):
+        assert pod_annotations(chart.render(SIDECAR, values=override)) != base, override
 
 
-# --- The pod: ports, probes, mounts, security -------------------------------------------------------------------
+# --- The pod: ports, probes, rollout, mounts, security ---------------------------------------------------------
 
 
-def listen_port(listen: str) -> int:
-    helper = define_body((TEMPLATES / "_helpers.tpl").read_text(), "tollbooth.listenPort")
-    assert 'regexFind "[0-9]+$"' in helper  # the chart reads ports with this; so does this test
-    found = re.search(r"[0-9]+$", listen)
-    assert found, listen
-    return int(found.group())
+def test_each_container_serves_its_listener_and_its_own_admin_listener(renderings: dict[str, Rendered]):
+    for layout in ("sidecar", "split"):
+        containers = renderings[layout].containers()
+        assert set(containers) == set(COMPONENTS)
+        config = yaml.safe_load(
+            SIDECAR.read_text() if layout == "sidecar" else (CHART / "ci" / "split-values.yaml").read_text()
+        )
+        workers = str(config.get("workers", 1))
+        for name, container in containers.items():
+            assert container["args"] == [
+                "serve",
+                "--config",
+                f"{CONFIG_DIR}/tollbooth.yaml",
+                "--only",
+                name,
+                "--only",
+                "admin",
+                "--workers",
+                workers,
+            ]
+            ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+            assert set(ports) == {name, f"admin-{name}"}
+            assert resolved_env(container)["TOLLBOOTH_ADMIN_PORT"] == str(ports[f"admin-{name}"])
+        sidecar_ports = [p["containerPort"] for c in containers.values() for p in c["ports"]]
+        assert len(set(sidecar_ports)) == 4, "one pod's containers share its network namespace"
+    assert {p["containerPort"] for p in renderings["sidecar"].containers()["proxy"]["ports"]} == {8080, 9090}
 
 
-def test_ports_in_one_pod_are_distinct(values: dict[str, Any]):
-    # The sidecar layout's two containers share the pod's network namespace.
-    ports = [listen_port(values["config"][c]["listen"]) for c in COMPONENTS] + list(values["adminPorts"].values())
-    assert len(set(ports)) == len(ports) == 4
-
-
-def test_each_container_serves_its_listener_and_its_own_admin_listener(container: dict[str, Any]):
-    assert container["args"] == [
-        "serve",
-        "--config",
-        f"{CONFIG_DIR}/tollbooth.yaml",
-        "--only",
-        "<<$component>>",
-        "--only",
-        "admin",
-        "--workers",
-        "<<$root.Values.workers | quote>>",
-    ]
-    assert container["ports"] == [
-        {
-            "name": "<<$component>>",
-            "containerPort": '<<include "tollbooth.listenPort" (index $config $component).listen>>',
-        },
-        {"name": "admin-<<$component>>", "containerPort": "<<index $root.Values.adminPorts $component>>"},
-    ]
-    admin_env = next(e for e in container["env"] if e["name"] == "TOLLBOOTH_ADMIN_PORT")
-    assert admin_env["value"] == "<<index $root.Values.adminPorts $component | quote>>", "the port it listens on"
-
-
-def test_default_allowed_hosts_are_the_proxy_services_names_in_the_pods_namespace(
-    values: dict[str, Any], container: dict[str, Any]
-):
+def test_default_allowed_hosts_are_the_proxy_services_names(renderings: dict[str, Rendered], values: dict[str, Any]):
     # In-cluster callers send the Service's name as Host; the DNS-rebinding check must know it (gateway/hosts.py).
-    env = {e["name"]: e for e in container["env"]}
-    assert (
-        env["TOLLBOOTH_PROXY_SERVICE"]["value"]
-        == '<<include "tollbooth.partName" (dict "root" $root "part" "proxy") | quote>>'
-    )
-    assert env["TOLLBOOTH_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert 'include "tollbooth.partName" (dict "root" $ "part" $component)' in (TEMPLATES / "services.yaml").read_text()
-    service = "${TOLLBOOTH_PROXY_SERVICE}"
-    namespaced = service + ".${TOLLBOOTH_NAMESPACE}"
+    for rendered in renderings.values():
+        proxy_service = rendered.named("Service", "-proxy")["metadata"]["name"]
+        for container in rendered.containers().values():
+            env = resolved_env(container)
+            assert (env["TOLLBOOTH_PROXY_SERVICE"], env["TOLLBOOTH_NAMESPACE"]) == (proxy_service, NAMESPACE)
+    service, namespaced = "${TOLLBOOTH_PROXY_SERVICE}", "${TOLLBOOTH_PROXY_SERVICE}.${TOLLBOOTH_NAMESPACE}"
     assert values["config"]["proxy"]["allowed_hosts"] == [
         service,
         namespaced,
-        namespaced + ".svc",
-        namespaced + ".svc.cluster.local",
+        f"{namespaced}.svc",
+        f"{namespaced}.svc.cluster.local",
     ]
 
 
-def test_liveness_is_healthz_and_readiness_is_readyz_on_the_containers_admin_port(container: dict[str, Any]):
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin-<<$component>>"}
-    # Tolerating degradation: a Redis outage must not take every replica out of service (tests/test_admin.py).
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz?degraded=ok", "port": "admin-<<$component>>"}
+def test_liveness_is_healthz_and_readiness_is_readyz_on_the_containers_admin_port(renderings: dict[str, Rendered]):
+    for name, container in renderings["sidecar"].containers().items():
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": f"admin-{name}"}
+        # Tolerating degradation: a Redis outage must not take every replica out of service (tests/test_admin.py).
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz?degraded=ok", "port": f"admin-{name}"}
 
 
-def test_config_is_mounted_as_a_directory_and_keys_read_only_at_keys_dir(container: dict[str, Any]):
-    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
-    assert mounts["config"] == {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}
-    assert mounts["data"]["mountPath"] == VOLUME and not mounts["data"].get("readOnly")
-    assert mounts["tmp"]["mountPath"] == "/tmp"
-    assert mounts["keys"] == {"name": "keys", "mountPath": "<<$config.issuer.keys_dir>>", "readOnly": True}
-    # subPath mounts are copies made at start: they never receive ConfigMap updates.
-    assert not any(re.search(r"^\s*subPath:", text, re.M) for text in template_texts().values())
+def test_rollout_delays_sigterm_within_the_grace_period(renderings: dict[str, Rendered], chart: Chart):
+    for rendered in renderings.values():
+        for deployment in rendered.of("Deployment"):
+            pod = deployment["spec"]["template"]["spec"]
+            for container in pod["containers"]:
+                # exec, not the native `sleep` action, which Kubernetes before 1.29 refuses.
+                command = container["lifecycle"]["preStop"]["exec"]["command"]
+                assert command[0] == "sleep" and int(command[1]) > 0
+                assert int(command[1]) + DRAIN_SECONDS < pod["terminationGracePeriodSeconds"]
+    off = chart.render(SIDECAR, values={"preStopDelaySeconds": 0}).containers()
+    assert all("lifecycle" not in container for container in off.values())
 
 
-def test_deployment_volumes_come_from_the_configmap_the_data_value_and_the_keys_secret():
-    (deployment,) = documents("deployment.yaml")
+def test_resources_grow_with_workers(chart: Chart, values: dict[str, Any]):
+    one = chart.render(SIDECAR).containers()
+    three = chart.render(SIDECAR, values={"workers": 3}).containers()
+    for name in COMPONENTS:
+        assert one[name]["resources"] == values["resources"][name]
+    # Three workers and a supervisor: memory x4, CPU x3 (values.yaml's measured figure is per process).
+    assert three["proxy"]["resources"] == {
+        "requests": {"cpu": "750m", "memory": "384Mi"},
+        "limits": {"memory": "1536Mi"},
+    }
+    assert three["issuer"]["resources"] == {
+        "requests": {"cpu": "300m", "memory": "640Mi"},
+        "limits": {"memory": "1536Mi"},
+    }
+    fractional = chart.render(
+        SIDECAR, values={"workers": 2, "resources": {"proxy": {"requests": {"cpu": 0.5, "memory": "1.5Gi"}}}}
+    )
+    assert fractional.containers()["proxy"]["resources"]["requests"] == {"cpu": "1", "memory": "4.5Gi"}
+
+
+def test_config_is_mounted_as_a_directory_and_keys_read_only_at_keys_dir(renderings: dict[str, Rendered]):
+    deployment = renderings["replicas-redis"].of("Deployment")[0]
     pod = deployment["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert set(volumes) == {"config", "data", "tmp", "keys"}
-    assert volumes["config"]["configMap"] == {"name": '<<include "tollbooth.fullname" $>>'}
-    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "<<$.Values.data.existingClaim>>"}
-    assert volumes["data"]["emptyDir"] == {"sizeLimit": "<<$.Values.data.sizeLimit>>"}
-    assert volumes["keys"]["secret"] == {"secretName": "<<$.Values.keys.existingSecret>>", "defaultMode": 0o440}
-    assert pod["automountServiceAccountToken"] is False
+    assert volumes["config"]["configMap"] == {
+        "name": renderings["replicas-redis"].named("ConfigMap", "-tollbooth")["metadata"]["name"]
+    }
+    assert volumes["keys"]["secret"] == {"secretName": "tollbooth-keys", "defaultMode": 0o440}
+    assert "emptyDir" in volumes["data"]
+    for container in pod["containers"]:
+        mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+        assert mounts["config"] == {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}
+        assert mounts["data"] == {"name": "data", "mountPath": VOLUME}
+        assert mounts["keys"] == {"name": "keys", "mountPath": f"{VOLUME}/keys", "readOnly": True}
+        # subPath mounts are copies made at start: they never receive ConfigMap updates.
+        assert not any("subPath" in mount for mount in container["volumeMounts"])
+    assert "keys" not in {
+        v["name"] for v in renderings["sidecar"].of("Deployment")[0]["spec"]["template"]["spec"]["volumes"]
+    }
 
 
-def test_security_context_is_non_root_read_only_and_unprivileged(values: dict[str, Any], dockerfile):
-    pod, container = values["podSecurityContext"], values["securityContext"]
+def test_a_claim_keeps_the_data_and_rolls_out_by_recreate(chart: Chart):
+    deployment = chart.render(SIDECAR, values={"data": {"existingClaim": "tollbooth-data"}}).of("Deployment")[0]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "persistentVolumeClaim": {"claimName": "tollbooth-data"}}
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_every_pod_is_non_root_read_only_and_unprivileged(renderings: dict[str, Rendered], dockerfile):
     uid, gid = (int(n) for n in dockerfile.last("USER", "runtime").args.split(":"))
-    assert pod == {
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "runAsGroup": gid,
-        "fsGroup": gid,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    assert container == {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
-    helpers, deployment = (TEMPLATES / "_helpers.tpl").read_text(), (TEMPLATES / "deployment.yaml").read_text()
-    assert "toYaml $root.Values.securityContext" in helpers and "toYaml $.Values.podSecurityContext" in deployment
+    for rendered in renderings.values():
+        pods = [d["spec"]["template"]["spec"] for d in rendered.of("Deployment") + rendered.of("Job")]
+        pods += [p["spec"] for p in rendered.of("Pod")]
+        assert len(pods) >= 3
+        for pod in pods:
+            assert pod["automountServiceAccountToken"] is False
+            assert pod["securityContext"] == {
+                "runAsNonRoot": True,
+                "runAsUser": uid,
+                "runAsGroup": gid,
+                "fsGroup": gid,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }
+            for container in pod["containers"]:
+                assert container["securityContext"] == {
+                    "runAsNonRoot": True,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                }
+                assert container["image"] == f"registry.example.com/platform/tollbooth:{__version__}"
 
 
-def test_services_and_service_monitor_target_ports_the_containers_name():
-    container_ports = {f"{prefix}{c}" for c in COMPONENTS for prefix in ("", "admin-")}
-    services = documents("services.yaml")
-    targets = {port["targetPort"] for service in services for port in service["spec"]["ports"]}
-    assert targets == {"<<$component>>", "admin-proxy", "admin-issuer"}
-    assert targets - {"<<$component>>"} <= container_ports
-    metrics = next(s for s in services if s["metadata"]["name"].endswith('"part" "metrics")>>'))
-    (monitor,) = documents("servicemonitor.yaml")
+def test_services_and_service_monitor_target_ports_the_containers_name(renderings: dict[str, Rendered]):
+    for layout, rendered in renderings.items():
+        names = {p["name"] for c in rendered.containers().values() for p in c["ports"]}
+        for service in rendered.of("Service"):
+            assert {p["targetPort"] for p in service["spec"]["ports"]} <= names, (layout, service["metadata"]["name"])
+    rendered = renderings["replicas-redis"]
+    (monitor,) = rendered.of("ServiceMonitor")
+    metrics = rendered.named("Service", "-metrics")
     assert {e["port"] for e in monitor["spec"]["endpoints"]} == {p["name"] for p in metrics["spec"]["ports"]}
     assert {e["path"] for e in monitor["spec"]["endpoints"]} == {"/metrics"}
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
