@@ -77,7 +77,7 @@ bench-transports: install bench-tools
 
 # ruff for style and bugs, mypy --strict (pyproject.toml [tool.mypy]) for the types.
 lint: install
-	$(BIN)/ruff check gateway tests benchmarks
+	$(BIN)/ruff check gateway tests benchmarks helm
 	$(BIN)/mypy
 
 # The chart's values.schema.json: its own values plus the gateway's config schema (a test checks it is current).

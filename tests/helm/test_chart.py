@@ -452,3 +452,24 @@ def test_services_and_service_monitor_target_ports_the_containers_name(rendering
     assert {e["port"] for e in monitor["spec"]["endpoints"]} == {p["name"] for p in metrics["spec"]["ports"]}
     assert {e["path"] for e in monitor["spec"]["endpoints"]} == {"/metrics"}
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+# --- The chart's README ----------------------------------------------------------------------------------------
+
+WHOLE_BLOCKS = {"podSecurityContext", "securityContext", "requests", "limits"}
+
+
+def value_paths(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key not in WHOLE_BLOCKS:
+            paths += value_paths(value, f"{prefix}{key}.")
+        else:
+            paths.append(prefix + key)
+    return paths
+
+
+def test_chart_readme_documents_every_value_and_nothing_else(values: dict[str, Any]):
+    readme = (CHART / "README.md").read_text()
+    documented = re.findall(r"^\| `([^`]+)` \|", readme, re.M)
+    assert sorted(documented) == sorted(value_paths(values))
