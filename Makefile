@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
 .PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
-	constraints helm chart-schema
+	constraints helm chart-schema image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ bench-transports: install bench-tools
 lint: install
 	$(BIN)/ruff check gateway tests benchmarks helm
 	$(BIN)/mypy
+
+# The image built by a real Docker daemon and started until /readyz answers (DEVELOPERS.md); not part of make test.
+image-test:
+	bash scripts/image-test.sh
 
 # The chart's values.schema.json: its own values plus the gateway's config schema (a test checks it is current).
 chart-schema: install
