@@ -830,6 +830,7 @@ def test_schema_is_json_schema_for_the_whole_file() -> None:
         "delegation",
         "rate_limit",
         "public",
+        "mcp",
     }
     assert set(route["required"]) == {"name", "path"}
 

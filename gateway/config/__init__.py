@@ -13,6 +13,10 @@ from gateway.config.models import (
     AuthFailureLimits,
     Config,
     IssuerConfig,
+    McpConfig,
+    McpPromptRule,
+    McpResourceRule,
+    McpToolRule,
     ProxyConfig,
     RedisConfig,
     RouteConfig,
@@ -20,7 +24,7 @@ from gateway.config.models import (
     UpstreamConfig,
     config_schema,
 )
-from gateway.config.values import RateLimit, parse_duration, parse_rate_limit
+from gateway.config.values import RateLimit, parse_byte_size, parse_duration, parse_rate_limit
 
 __all__ = [
     "HTTP_METHODS",
@@ -32,6 +36,10 @@ __all__ = [
     "ConfigError",
     "IssuerConfig",
     "LoadedConfig",
+    "McpConfig",
+    "McpPromptRule",
+    "McpResourceRule",
+    "McpToolRule",
     "ProxyConfig",
     "RateLimit",
     "RedisConfig",
@@ -41,6 +49,7 @@ __all__ = [
     "config_schema",
     "expand_env",
     "load_config",
+    "parse_byte_size",
     "parse_duration",
     "parse_rate_limit",
 ]

@@ -19,12 +19,14 @@ from pydantic import (
 
 from gateway.config.values import (
     AllowedHost,
+    ByteSize,
     Duration,
     HeaderName,
     HttpUrl,
     Listen,
     RateSetting,
     check_injected_headers,
+    check_json_schema,
     check_scopes,
 )
 from gateway.hosts import parse_authority
@@ -246,15 +248,86 @@ _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+Delegation = Literal["allowed", "required", "forbidden"]
+# A rule's glob: `*` is any run of characters (also none), nothing else is special.
+_GLOB = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+def _glob(pattern: str) -> str:
+    if not _GLOB.match(pattern):
+        raise ValueError(f"{pattern!r}: a name or URI pattern is non-empty text without control characters")
+    return pattern
+
+
+class McpRule(Model):
+    """What one tool, resource or prompt needs beyond the route's own scopes."""
+
+    scopes: list[str] = Field(default_factory=list)
+    delegation: Delegation = "allowed"
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        return check_scopes(scopes)
+
+
+class McpToolRule(McpRule):
+    name: str = Field(description="the tool's name; `*` matches any run of characters")
+    arguments: dict[str, Any] | None = Field(
+        default=None, description="a JSON Schema (2020-12) the call's `arguments` must satisfy"
+    )
+
+    _name = field_validator("name")(_glob)
+
+    @field_validator("arguments")
+    @classmethod
+    def _arguments(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if schema is None else check_json_schema(schema)
+
+
+class McpPromptRule(McpRule):
+    name: str = Field(description="the prompt's name; `*` matches any run of characters")
+
+    _name = field_validator("name")(_glob)
+
+
+class McpResourceRule(McpRule):
+    uri: str = Field(description="the resource's URI; `*` matches any run of characters")
+
+    _uri = field_validator("uri")(_glob)
+
+
+class McpConfig(Model):
+    """A route carrying MCP's Streamable HTTP transport: per-tool, per-resource and per-prompt rules, first match
+    wins, and whatever no rule matches is denied."""
+
+    max_message_bytes: ByteSize = Field(default=1024 * 1024, validate_default=True)
+    tools: list[McpToolRule] = Field(default_factory=list)
+    resources: list[McpResourceRule] = Field(default_factory=list)
+    prompts: list[McpPromptRule] = Field(default_factory=list)
+
+
 class RouteConfig(Model):
     name: str
     path: str
     upstream: str | None = None
     methods: list[str] | None = None
     scopes: list[str] = Field(default_factory=list)
-    delegation: Literal["allowed", "required", "forbidden"] = "allowed"
+    delegation: Delegation = "allowed"
     rate_limit: RateSetting = None
     public: bool = False
+    mcp: McpConfig | None = None
+
+    @model_validator(mode="after")
+    def _mcp_route(self) -> RouteConfig:
+        if self.mcp is None:
+            return self
+        if self.public:
+            # Per-tool scopes mean nothing without a token to read them from.
+            raise ValueError("mcp: an MCP route needs tokens; it cannot be public")
+        if self.methods is not None and "POST" not in self.methods:
+            raise ValueError("mcp: MCP clients send every message as a POST; add POST to `methods`")
+        return self
 
     @field_validator("name")
     @classmethod

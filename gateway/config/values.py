@@ -1,5 +1,5 @@
-"""The config's value types, each parsed and checked where it is read: durations, rates, listen addresses, URLs,
-host names, header names and values, scopes.
+"""The config's value types, each parsed and checked where it is read: durations, rates, byte sizes, listen
+addresses, URLs, host names, header names and values, scopes, JSON Schemas.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import jsonschema_rs
 from pydantic import (
     BeforeValidator,
     WithJsonSchema,
@@ -46,6 +47,33 @@ _DURATION_SCHEMA = {
     "description": "a duration: 250ms, 30s, 5m, 24h, 7d, or a number of seconds",
 }
 Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
+
+
+def parse_byte_size(value: Any) -> int:
+    """`1MiB`, `64KiB`, `500KB`, or a plain number of bytes → bytes (positive)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("a size is a number of bytes or a string like 64KiB, 1MiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a size: use 64KiB, 1MiB, 500KB, or a number of bytes")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if size <= 0:
+        raise ValueError(f"{value!r}: a size must be positive")
+    return size
+
+
+_SIZE_SCHEMA = {
+    "anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "string", "pattern": _SIZE.pattern}],
+    "description": "a size: 64KiB, 1MiB, 500KB, or a number of bytes",
+}
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size), WithJsonSchema(_SIZE_SCHEMA)]
+
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day|s|m|h|d)\s*$")
 _RATE_WINDOW = {"second": 1, "s": 1, "minute": 60, "m": 60, "hour": 3600, "h": 3600, "day": 86400, "d": 86400}
@@ -217,3 +245,27 @@ def check_injected_headers(headers: dict[str, str]) -> dict[str, str]:
         if not value.isascii() and not _is_latin1(value):
             raise ValueError(f"{name}: the value has characters a header cannot carry (use ASCII)")
     return headers
+
+
+def _references(schema: Any) -> list[str]:
+    if isinstance(schema, dict):
+        found = [schema["$ref"]] if isinstance(schema.get("$ref"), str) else []
+        return found + [ref for value in schema.values() for ref in _references(value)]
+    if isinstance(schema, list):
+        return [ref for item in schema for ref in _references(item)]
+    return []
+
+
+def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) that compiles, referring only within itself."""
+    outside = [ref for ref in _references(schema) if not ref.startswith("#")]
+    if outside:
+        # A remote $ref would be fetched when the schema compiles: config loading must never reach the network.
+        raise ValueError(f"$ref {outside[0]!r} points outside the schema; only local references (#/...) are allowed")
+    try:
+        jsonschema_rs.meta.validate(schema)
+        jsonschema_rs.validator_for(schema)
+    except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"not a valid JSON Schema: {first}") from None
+    return schema

@@ -84,6 +84,9 @@ class ProxyApp:
             event.upstream = decision.route.upstream
             event.required_scopes = " ".join(decision.route.scopes)
         route = permitted(decision)
+        if route.mcp is not None:
+            # Fail closed until the MCP inspection step is wired in: rules that are not enforced must not allow.
+            raise Refusal(403, "access_denied", "MCP rules are not enforced by this build", reason="mcp_unavailable")
         await self._admission.admit(snap, head, route, principal)
         upstream = snap.upstreams[route.upstream]
         headers = upstream_request_headers(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_to_bytes
 
 from gateway.config import HTTP_METHODS, Config, RateLimit, RouteConfig
+from gateway.mcp.rules import McpRules
 from gateway.principal import Principal
 from gateway.proxy.answers import Refusal
 
@@ -133,6 +134,7 @@ class Route:
     public: bool
     rate_limit: RateLimit | None
     pattern: str
+    mcp: McpRules | None = None  # an MCP route's compiled `mcp:` rules
 
     @classmethod
     def from_config(cls, route: RouteConfig, config: Config) -> Route:
@@ -145,6 +147,7 @@ class Route:
             public=route.public,
             rate_limit=route.rate_limit,
             pattern=route.path,
+            mcp=McpRules.from_config(route.mcp) if route.mcp is not None else None,
         )
 
     @property

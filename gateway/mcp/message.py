@@ -1,0 +1,219 @@
+"""One MCP POST body → the JSON-RPC message it holds, read the strict way, or `MessageRefused`.
+
+Parser differentials are how requests slip past MCP gateways: the gateway reads one thing, the server another.
+So the body must be exactly one JSON object in UTF-8, with no duplicate keys, no NaN/Infinity, no lone
+surrogates and bounded nesting, and the name a rule is decided by must be a string. `Mcp-Method`/`Mcp-Name`
+headers never decide anything: when sent they must say what the body says.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+# JSON-RPC 2.0 §5.1 codes, and MCP's for a header that disagrees with the body.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+HEADER_MISMATCH = -32020
+
+MAX_DEPTH = 64
+# The method → (rule kind, the params field naming what the rule is about).
+NAMED_METHODS: dict[str, tuple[Literal["tools", "resources", "prompts"], str]] = {
+    "tools/call": ("tools", "name"),
+    "resources/read": ("resources", "uri"),
+    "resources/subscribe": ("resources", "uri"),
+    "resources/unsubscribe": ("resources", "uri"),
+    "prompts/get": ("prompts", "name"),
+}
+
+
+class MessageRefused(Exception):
+    """A body or header the gateway will not decide on: answered 400 (or 415) with a JSON-RPC error."""
+
+    def __init__(self, status: int, code: int, reason: str, description: str, request_id: Any = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.code = code
+        self.reason = reason
+        self.description = description
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class McpMessage:
+    """What the rules look at. `kind` "response" is a client's answer to a server request (sampling, roots)."""
+
+    kind: Literal["request", "notification", "response"]
+    method: str | None
+    id: Any
+    name: str | None  # the tool or prompt name, or the resource URI, for the methods in NAMED_METHODS
+    arguments: Any  # tools/call's `arguments`, else None
+
+
+def check_content_type(value: bytes | None) -> None:
+    """Only `application/json` (in UTF-8) is read: anything else could be parsed differently upstream."""
+    media, _, params = (value or b"").decode("latin-1").partition(";")
+    charset = next(
+        (
+            p.split("=", 1)[1].strip().strip('"').lower()
+            for p in params.split(";")
+            if "=" in p and p.split("=", 1)[0].strip().lower() == "charset"
+        ),
+        "utf-8",
+    )
+    if media.strip().lower() != "application/json" or charset != "utf-8":
+        raise MessageRefused(
+            415, INVALID_REQUEST, "unsupported_media_type", "an MCP message is sent as Content-Type: application/json"
+        )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {duplicate!r}")
+    return obj
+
+
+def _check_tree(value: Any) -> None:
+    """Bounded nesting and no lone surrogates (which UTF-8 cannot carry and servers read differently)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, str):
+            _check_text(node)
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff escape)") from None
+
+
+def parse_json(body: bytes) -> Any:
+    """The one JSON value of `body`, or MessageRefused (parse error)."""
+    try:
+        # Decoded here, strictly: json.loads would also guess UTF-16 or UTF-32 from the bytes.
+        text = body.decode("utf-8")
+        if text.startswith("\ufeff"):
+            raise ValueError("a byte order mark before the JSON")
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        _check_tree(value)
+    except (ValueError, RecursionError) as exc:
+        detail = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc).split(":")[0]
+        if isinstance(exc, RecursionError):
+            detail = f"nested deeper than {MAX_DEPTH} levels"
+        raise MessageRefused(400, PARSE_ERROR, "mcp_parse_error", f"the body is not one JSON value: {detail}") from None
+    return value
+
+
+def _valid_id(value: Any) -> bool:
+    # MCP: a request id is a string or an integer, never null; JSON-RPC discourages fractions.
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _invalid(description: str, request_id: Any = None) -> MessageRefused:
+    return MessageRefused(400, INVALID_REQUEST, "mcp_invalid_message", description, request_id)
+
+
+def parse_message(body: bytes) -> McpMessage:
+    """The JSON-RPC message in one POST body (a request, a notification or a response), or MessageRefused."""
+    value = parse_json(body)
+    if isinstance(value, list):
+        raise _invalid("a batch (JSON array) is not accepted: send one JSON-RPC message per POST")
+    if not isinstance(value, dict):
+        raise _invalid("the body must be one JSON-RPC message (a JSON object)")
+    request_id = value.get("id") if _valid_id(value.get("id")) else None
+    if value.get("jsonrpc") != "2.0":
+        raise _invalid('a JSON-RPC message carries "jsonrpc": "2.0"', request_id)
+    method = value.get("method")
+    if "method" in value:
+        if not isinstance(method, str) or not method:
+            raise _invalid('"method" must be a non-empty string', request_id)
+        if "result" in value or "error" in value:
+            raise _invalid("a message is a request or a response, not both", request_id)
+        if "id" in value and not _valid_id(value["id"]):
+            raise _invalid('"id" must be a string or an integer', None)
+        params = value.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            raise _invalid('"params" must be an object', request_id)
+        kind: Literal["request", "notification"] = "request" if "id" in value else "notification"
+        name, arguments = _named(method, params, request_id)
+        return McpMessage(kind, method, value.get("id"), name, arguments)
+    if "id" not in value or ("result" in value) == ("error" in value):
+        raise _invalid("neither a request, a notification nor a response", request_id)
+    if not (_valid_id(value["id"]) or value["id"] is None):
+        raise _invalid('"id" must be a string or an integer', None)
+    return McpMessage("response", None, value["id"], None, None)
+
+
+def _named(method: str, params: Any, request_id: Any) -> tuple[str | None, Any]:
+    named = NAMED_METHODS.get(method)
+    if named is None:
+        return None, None
+    field = named[1]
+    if not isinstance(params, dict) or not isinstance(params.get(field), str):
+        raise MessageRefused(
+            400, INVALID_PARAMS, "mcp_invalid_params", f'{method} needs a string "params.{field}"', request_id
+        )
+    arguments = params.get("arguments")
+    if method == "tools/call" and arguments is not None and not isinstance(arguments, dict):
+        raise MessageRefused(
+            400, INVALID_PARAMS, "mcp_invalid_params", 'tools/call "params.arguments" must be an object', request_id
+        )
+    return params[field], arguments
+
+
+_BASE64_PREFIX, _BASE64_SUFFIX = "=?base64?", "?="
+
+
+def header_text(value: bytes, request_id: Any = None) -> str:
+    """An Mcp-Name value: plain, or `=?base64?...?=` for a name a header cannot carry as it is."""
+    text = value.decode("latin-1").strip()
+    if text.startswith(_BASE64_PREFIX) and text.endswith(_BASE64_SUFFIX):
+        encoded = text[len(_BASE64_PREFIX) : -len(_BASE64_SUFFIX)]
+        try:
+            return base64.b64decode(encoded, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise MessageRefused(
+                400, HEADER_MISMATCH, "mcp_header_mismatch", "Mcp-Name holds malformed base64", request_id
+            ) from None
+    return text
+
+
+def check_headers(message: McpMessage, mcp_method: list[bytes], mcp_name: list[bytes]) -> None:
+    """`Mcp-Method` and `Mcp-Name`, when sent (once each), must say what the body says."""
+    for header, values, body_value in (
+        ("Mcp-Method", mcp_method, message.method),
+        ("Mcp-Name", mcp_name, message.name),
+    ):
+        if not values:
+            continue
+        if len(values) > 1:
+            raise MessageRefused(
+                400, HEADER_MISMATCH, "mcp_header_mismatch", f"{header} sent more than once", message.id
+            )
+        sent = header_text(values[0], message.id) if header == "Mcp-Name" else values[0].decode("latin-1").strip()
+        if sent != body_value:
+            raise MessageRefused(
+                400, HEADER_MISMATCH, "mcp_header_mismatch", f"{header} does not match the message body", message.id
+            )
