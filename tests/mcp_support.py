@@ -63,7 +63,17 @@ def build_mcp_server() -> MCPServer:
         """Adds two integers."""
         return a + b
 
+    @server.tool()
+    def delete_customer(customer_id: str, region: str) -> str:
+        """Deletes a customer (the destructive tool MCP rules guard)."""
+        DELETED.append(customer_id)
+        return f"deleted {customer_id} in {region}"
+
     return server
+
+
+# Every delete_customer call that reached the MCP server: refused calls must never add to it.
+DELETED: list[str] = []
 
 
 def _recording(app: Callable[..., Any], upstream: McpUpstream) -> Callable[..., Any]:
@@ -112,12 +122,12 @@ def mcp_routes() -> list[dict[str, Any]]:
     ]
 
 
-def start_mcp_gateway(tmp: Path, upstream: McpUpstream) -> Gateway:
+def start_mcp_gateway(tmp: Path, upstream: McpUpstream, routes: list[dict[str, Any]] | None = None) -> Gateway:
     """A gateway whose only route is the MCP endpoint, with a private_key_jwt agent and a secret agent."""
     return start_gateway(
         tmp,
         upstream.url,
-        routes=mcp_routes(),
+        routes=routes or mcp_routes(),
         extra={
             "upstreams": {
                 # Longer than the default test upstream's 2 s: the GET stream stays quiet between events.

@@ -103,6 +103,9 @@ class AuditEvent:
     bytes_in: int | None = None
     bytes_out: int | None = None
     jti: str = ""
+    # MCP routes: the JSON-RPC method and the tool name, resource URI or prompt name it concerns.
+    mcp_method: str = ""
+    mcp_name: str = ""
     # A stable id so a replayed batch can skip what was already written (audit issue: idempotent replay).
     id: str = ""
 

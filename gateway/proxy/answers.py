@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -20,7 +21,7 @@ class Refusal(Exception):
     upstream failure is refused with `decision="allow"`: the gateway let the request through, the upstream failed.
     """
 
-    __slots__ = ("status", "error", "description", "reason", "challenge", "scope", "headers", "decision")
+    __slots__ = ("status", "error", "description", "reason", "challenge", "scope", "headers", "decision", "rpc")
 
     status: int
     error: str
@@ -30,6 +31,7 @@ class Refusal(Exception):
     scope: tuple[str, ...]
     headers: tuple[tuple[bytes, bytes], ...]
     decision: str
+    rpc: tuple[int, Any] | None
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class Refusal(Exception):
         scope: tuple[str, ...] = (),
         headers: tuple[tuple[bytes, bytes], ...] = (),
         decision: str = "deny",
+        rpc: tuple[int, Any] | None = None,
     ) -> None:
         super().__init__(f"{status} {error} ({reason}): {description}")
         for name, value in (
@@ -53,6 +56,7 @@ class Refusal(Exception):
             ("scope", scope),
             ("headers", headers),
             ("decision", decision),
+            ("rpc", rpc),
         ):
             object.__setattr__(self, name, value)
 
@@ -100,6 +104,7 @@ def error_response(
     resource_metadata: str | None = None,
     scope: Sequence[str] = (),
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    rpc: tuple[int, Any] | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """A gateway error as (status, headers, body), ready for an ASGI response.
 
@@ -108,8 +113,13 @@ def error_response(
     carries only scope and resource_metadata (RFC 6750 §3.1), the others `error="<challenge>"` and a sanitised
     `error_description` too (RFC 6750 §3). `extra_headers` (Retry-After, traceparent, …) go last.
     Callers must never put a token, or any part of one, in `description`: it is shown to the agent.
+    With `rpc` (code, JSON-RPC id), for an MCP route: a JSON-RPC error response instead, `error.data` carrying the
+    OAuth error and the request id (MCP clients show a gateway's error only in that shape).
     """
-    document = {"error": error, "error_description": description, "request_id": request_id}
+    document: dict[str, Any] = {"error": error, "error_description": description, "request_id": request_id}
+    if rpc is not None:
+        data = {"error": error, "request_id": request_id}
+        document = {"jsonrpc": "2.0", "id": rpc[1], "error": {"code": rpc[0], "message": description, "data": data}}
     try:
         body = orjson.dumps(document)
     except orjson.JSONEncodeError:

@@ -1,8 +1,9 @@
 """The proxy's ASGI entry: the table of contents of a crossing.
 
-identify → authorize → admit → stamp → forward, then audit. Each step's rules live in its own module and any step
-may raise a Refusal, which is answered and audited in one place. Everything a request needs from the config
-comes from one `Snapshot`, read once at the start, so a hot reload never mixes two configs within one request.
+identify → authorize → admit → inspect (MCP routes only) → stamp → forward, then audit. Each step's rules live
+in its own module and any step may raise a Refusal, which is answered and audited in one place. Everything a
+request needs from the config comes from one `Snapshot`, read once at the start, so a hot reload never mixes two
+configs within one request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.proxy.authorize import authorize, permitted
 from gateway.proxy.crossing import Crossing, open_crossing, record_principal
 from gateway.proxy.head import RequestHead, checked_path, read_head
 from gateway.proxy.identify import identify
+from gateway.proxy.inspect import inspect_mcp
 from gateway.proxy.relay import relay
 from gateway.proxy.snapshot import Snapshot
 from gateway.proxy.stamp import upstream_request_headers
@@ -84,10 +86,13 @@ class ProxyApp:
             event.upstream = decision.route.upstream
             event.required_scopes = " ".join(decision.route.scopes)
         route = permitted(decision)
-        if route.mcp is not None:
-            # Fail closed until the MCP inspection step is wired in: rules that are not enforced must not allow.
-            raise Refusal(403, "access_denied", "MCP rules are not enforced by this build", reason="mcp_unavailable")
         await self._admission.admit(snap, head, route, principal)
+        if route.mcp is not None:
+            assert principal is not None  # an MCP route is never public (RouteConfig refuses it)
+            config = snap.config
+            receive = await inspect_mcp(
+                head, route.mcp, route.scopes, principal, receive, event, max_body_bytes=config.proxy.max_body_bytes
+            )
         upstream = snap.upstreams[route.upstream]
         headers = upstream_request_headers(
             head.headers,
@@ -166,6 +171,7 @@ class ProxyApp:
             resource_metadata=snap.resource_metadata_url if refusal.challenge else None,
             scope=refusal.scope,
             extra_headers=((b"traceparent", crossing.trace.traceparent()), *refusal.headers),
+            rpc=refusal.rpc,
         )
         await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": body})

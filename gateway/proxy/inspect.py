@@ -1,0 +1,110 @@
+"""Inspect: on an MCP route, the POST body is read whole (up to `max_message_bytes`), parsed the strict way and
+decided by the route's `mcp:` rules before anything is forwarded; the exact bytes that were checked are what goes
+upstream. GET (the server's event stream) and DELETE (ending a session) carry no message: the route's own checks
+are all they need. Other routes never come here and keep streaming their bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.audit.events import AuditEvent
+from gateway.mcp.message import McpMessage, MessageRefused, check_content_type, check_headers, parse_message
+from gateway.mcp.rules import DENIED, McpRules, decide
+from gateway.principal import Principal
+from gateway.proxy.answers import Refusal
+from gateway.proxy.head import RequestHead
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+
+
+def _values(head: RequestHead, name: bytes) -> list[bytes]:
+    return [value for key, value in head.headers if key == name]
+
+
+def _too_large(limit: int) -> Refusal:
+    return Refusal(413, "request_too_large", f"an MCP message may be at most {limit} bytes", reason="body_too_large")
+
+
+async def _read_body(head: RequestHead, receive: Receive, limit: int) -> bytes:
+    if head.content_length is not None and int(head.content_length) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refusal(400, "invalid_request", "the client went away mid-body", reason="client_disconnected")
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the forward step the body already read, then the client's own messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _refusal(verdict_reason: str, description: str, scopes: tuple[str, ...], message: McpMessage) -> Refusal:
+    if verdict_reason == "insufficient_scope":
+        # MCP clients step up on this challenge; the route's scopes come first, then the rule's.
+        return Refusal(
+            403,
+            "insufficient_scope",
+            description,
+            reason="insufficient_scope",
+            challenge="insufficient_scope",
+            scope=scopes,
+            rpc=(DENIED, message.id),
+        )
+    return Refusal(403, "access_denied", description, reason=verdict_reason, rpc=(DENIED, message.id))
+
+
+async def inspect_mcp(
+    head: RequestHead,
+    rules: McpRules,
+    route_scopes: tuple[str, ...],
+    principal: Principal,
+    receive: Receive,
+    event: AuditEvent,
+    *,
+    max_body_bytes: int,
+) -> Receive:
+    """Decide one MCP request; returns the receive the forward step reads the (already checked) body from."""
+    if head.method != "POST":
+        return receive
+    limit = min(rules.max_message_bytes, max_body_bytes)
+    try:
+        check_content_type(next(iter(_values(head, b"content-type")), None))
+        body = await _read_body(head, receive, limit)
+        message = parse_message(body)
+        check_headers(message, _values(head, b"mcp-method"), _values(head, b"mcp-name"))
+    except MessageRefused as refused:
+        raise Refusal(
+            refused.status,
+            "invalid_request",
+            refused.description,
+            reason=refused.reason,
+            rpc=(refused.code, refused.request_id),
+        ) from None
+    event.mcp_method = message.method or message.kind
+    event.mcp_name = message.name or ""
+    verdict = decide(rules, route_scopes, message, principal)
+    if not verdict.allow:
+        raise _refusal(verdict.reason, verdict.description, verdict.scopes, message)
+    return _replaying(body, receive)
