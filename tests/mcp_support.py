@@ -69,6 +69,26 @@ def build_mcp_server() -> MCPServer:
         DELETED.append(customer_id)
         return f"deleted {customer_id} in {region}"
 
+    @server.resource("crm://customers/{customer_id}")
+    def customer(customer_id: str) -> str:
+        return f"customer {customer_id}"
+
+    @server.resource("crm://invoices/all")
+    def invoices() -> str:
+        return "every invoice"
+
+    @server.resource("crm://customers/index")
+    def customer_index() -> str:
+        return "c1 c2"
+
+    @server.prompt()
+    def summarize(customer_id: str) -> str:
+        return f"Summarize customer {customer_id}"
+
+    @server.prompt()
+    def purge_advice() -> str:
+        return "How to purge the database"
+
     return server
 
 
@@ -90,11 +110,12 @@ def _recording(app: Callable[..., Any], upstream: McpUpstream) -> Callable[..., 
     return recorder
 
 
-def start_mcp_upstream() -> tuple[McpUpstream, Callable[[], None]]:
-    """The SDK's streamable HTTP app (stateful: Mcp-Session-Id, SSE answers, a GET stream) on a free port."""
+def start_mcp_upstream(json_response: bool = False) -> tuple[McpUpstream, Callable[[], None]]:
+    """The SDK's streamable HTTP app (stateful: Mcp-Session-Id, a GET stream; SSE answers, or JSON ones with
+    `json_response`) on a free port."""
     port = free_port()
     upstream = McpUpstream(url=f"http://127.0.0.1:{port}")
-    app = build_mcp_server().streamable_http_app(streamable_http_path=MCP_PATH)
+    app = build_mcp_server().streamable_http_app(streamable_http_path=MCP_PATH, json_response=json_response)
     server = uvicorn.Server(
         uvicorn.Config(_recording(app, upstream), host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )

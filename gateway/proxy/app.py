@@ -87,10 +87,11 @@ class ProxyApp:
             event.required_scopes = " ".join(decision.route.scopes)
         route = permitted(decision)
         await self._admission.admit(snap, head, route, principal)
+        lists = None
         if route.mcp is not None:
             assert principal is not None  # an MCP route is never public (RouteConfig refuses it)
             config = snap.config
-            receive = await inspect_mcp(
+            receive, lists = await inspect_mcp(
                 head, route.mcp, route.scopes, principal, receive, event, max_body_bytes=config.proxy.max_body_bytes
             )
         upstream = snap.upstreams[route.upstream]
@@ -123,6 +124,7 @@ class ProxyApp:
             receive=receive,
             send=send,
             crossing=crossing,
+            lists=lists,
         )
 
     async def _metadata(self, snap: Snapshot, path: str, send: Send, crossing: Crossing) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.audit.events import AuditEvent
+from gateway.mcp.lists import LIST_METHODS, ListFilter
 from gateway.mcp.message import McpMessage, MessageRefused, check_content_type, check_headers, parse_message
 from gateway.mcp.rules import DENIED, McpRules, decide
 from gateway.principal import Principal
@@ -84,10 +85,11 @@ async def inspect_mcp(
     event: AuditEvent,
     *,
     max_body_bytes: int,
-) -> Receive:
-    """Decide one MCP request; returns the receive the forward step reads the (already checked) body from."""
+) -> tuple[Receive, ListFilter | None]:
+    """Decide one MCP request: the receive the forward step reads the (already checked) body from, and for a list
+    request the filter its answer goes through."""
     if head.method != "POST":
-        return receive
+        return receive, None
     limit = min(rules.max_message_bytes, max_body_bytes)
     try:
         check_content_type(next(iter(_values(head, b"content-type")), None))
@@ -107,4 +109,7 @@ async def inspect_mcp(
     verdict = decide(rules, route_scopes, message, principal)
     if not verdict.allow:
         raise _refusal(verdict.reason, verdict.description, verdict.scopes, message)
-    return _replaying(body, receive)
+    lists = None
+    if message.kind == "request" and message.method in LIST_METHODS:
+        lists = ListFilter(message.method, message.id, rules, principal)
+    return _replaying(body, receive), lists

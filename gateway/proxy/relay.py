@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+from gateway.mcp.lists import ListFilter
 from gateway.metrics import UPSTREAM_SECONDS, child
 from gateway.proxy.admit import body_too_large
 from gateway.proxy.answers import Refusal
@@ -51,8 +52,10 @@ async def relay(
     receive: Receive,
     send: Send,
     crossing: Crossing,
+    lists: ListFilter | None = None,
 ) -> None:
-    """Send the stamped request to `upstream` and stream its answer to the agent."""
+    """Send the stamped request to `upstream` and stream its answer to the agent (`lists`: an MCP list request's
+    answer, filtered on the way)."""
     event = crossing.event
     body_state = _BodyState(has_body)
     body = _request_body(receive, limit, body_state) if has_body else None
@@ -66,7 +69,7 @@ async def relay(
         _WATCH_AFTER, lambda: watcher.append(loop.create_task(_watch_disconnect(receive, body_state, this_task)))
     )
     try:
-        await _exchange(client, upstream, method, target, headers, body, send, crossing, upstream_started)
+        await _exchange(client, upstream, method, target, headers, body, send, crossing, upstream_started, lists)
     except (asyncio.CancelledError, ClientDisconnected) as exc:
         if not body_state.client_gone:
             raise
@@ -99,6 +102,7 @@ async def _exchange(
     send: Send,
     crossing: Crossing,
     upstream_started: float,
+    lists: ListFilter | None,
 ) -> None:
     response = await client.send(upstream, method, target, headers, body)
     try:
@@ -109,8 +113,11 @@ async def _exchange(
             response.headers, trace=crossing.trace, request_id=crossing.request_id
         )
         crossing.status = response.status
-        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         crossing.event.bytes_out = 0
+        if lists is not None and response.status == 200:
+            await _filtered(response, out_headers, lists, send, crossing)
+            return
+        await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
         async for chunk in response.iter_body():
             if chunk:
                 # Counted as it goes, so a stream cut by either side is audited with what was delivered.
@@ -119,6 +126,35 @@ async def _exchange(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         await response.aclose()
+
+
+def _content_type(headers: Headers) -> bytes:
+    return next((value for name, value in headers if name.lower() == b"content-type"), b"").split(b";")[0].strip()
+
+
+async def _filtered(response: Any, out_headers: Headers, lists: ListFilter, send: Send, crossing: Crossing) -> None:
+    """An MCP list answer with only what the agent may use: JSON whole, SSE event by event as it streams."""
+    media = _content_type(out_headers).lower()
+    kept = [(name, value) for name, value in out_headers if name.lower() != b"content-length"]
+    if media == b"application/json":
+        body = b"".join([chunk async for chunk in response.iter_body()])
+        filtered = lists.message(body)
+        kept.append((b"content-length", str(len(filtered)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": kept})
+        crossing.event.bytes_out = len(filtered)
+        await send({"type": "http.response.body", "body": filtered, "more_body": False})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": kept})
+    sse = media == b"text/event-stream"
+    sent = 0
+    async for chunk in response.iter_body():
+        out = lists.sse(chunk) if sse else b""  # neither JSON nor SSE: a list no one can check is not shown
+        if out:
+            sent += len(out)
+            crossing.event.bytes_out = sent
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+    rest = lists.sse_end() if sse else b""
+    await send({"type": "http.response.body", "body": rest, "more_body": False})
 
 
 class _BodyState:

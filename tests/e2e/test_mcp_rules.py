@@ -35,15 +35,18 @@ ROUTE = {
                 "arguments": {"type": "object", "properties": {"region": {"enum": ["eu"]}}, "required": ["region"]},
             },
         ],
+        "resources": [{"uri": "crm://customers/*", "scopes": ["crm.read"]}],
+        "prompts": [{"name": "summarize", "scopes": ["crm.read"]}],
     },
 }
 READER = f"{MCP_SCOPE} crm.read"
 ADMIN = f"{MCP_SCOPE} crm.read crm.admin"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[McpUpstream]:
-    server, stop = start_mcp_upstream()
+@pytest.fixture(scope="module", params=["sse", "json"])
+def upstream(request: pytest.FixtureRequest) -> Iterator[McpUpstream]:
+    """The SDK's server answering POSTs as SSE streams, then as JSON: lists are filtered in both."""
+    server, stop = start_mcp_upstream(json_response=request.param == "json")
     yield server
     stop()
 
@@ -86,6 +89,36 @@ def test_an_sdk_session_calls_what_its_rules_allow_and_is_refused_the_rest(gatew
     assert added.structured_content == {"result": 5}
     assert isinstance(deleted, Exception), deleted
     assert DELETED == before, "the refused call never reached the MCP server"
+
+
+async def listings(gw: Gateway, token: str) -> dict[str, list[str]]:
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=20) as http,
+        streamable_http_client(gw.proxy_url + MCP_PATH, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        return {
+            "tools": sorted(tool.name for tool in (await session.list_tools()).tools),
+            "resources": sorted(str(r.uri) for r in (await session.list_resources()).resources),
+            "templates": sorted(t.uri_template for t in (await session.list_resource_templates()).resource_templates),
+            "prompts": sorted(prompt.name for prompt in (await session.list_prompts()).prompts),
+        }
+
+
+def test_lists_show_each_agent_only_what_its_rules_let_it_use(gateway: Gateway):
+    everything = {
+        "tools": ["add", "delete_customer", "whoami"],
+        "resources": ["crm://customers/index", "crm://invoices/all"],
+        "templates": ["crm://customers/{customer_id}"],
+        "prompts": ["purge_advice", "summarize"],
+    }
+    admin = asyncio.run(listings(gateway, gateway.mint(ADMIN)))
+    assert admin == {**everything, "resources": ["crm://customers/index"], "prompts": ["summarize"]}
+    reader = asyncio.run(listings(gateway, gateway.mint(READER)))
+    assert reader == {**admin, "tools": ["add", "whoami"]}
+    bare = asyncio.run(listings(gateway, gateway.mint(MCP_SCOPE)))
+    assert bare == {"tools": ["whoami"], "resources": [], "templates": [], "prompts": []}
 
 
 def test_an_admin_deletes_only_within_the_arguments_schema(gateway: Gateway):
