@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
 .PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
-	constraints helm chart-schema image-test
+	constraints helm chart-schema image-test bench-mcp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-audit: install bench-tools redis-server
 # What a route's rate_limit costs the proxy, counted in memory and in Redis.
 bench-ratelimit: install bench-tools redis-server
 	$(BIN)/python benchmarks/ratelimit_bench.py
+
+# MCP inspection: a 2 KiB tools/call through an mcp: route beside the same POST through a plain route.
+bench-mcp: install bench-tools
+	$(BIN)/python benchmarks/mcp_bench.py
 
 # The upstream-client comparison behind gateway/proxy/forward.py (about 8 minutes).
 bench-transports: install bench-tools

@@ -116,6 +116,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 agent=args.agent,
                 subject=args.subject,
                 delegation=args.act,
+                mcp=_mcp_call(args),
             )
         )
     except KeyStoreError as exc:
@@ -125,6 +126,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(_explain_text(result))
     return 0 if result["allow"] else 1
+
+
+def _mcp_call(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]] | None:
+    """(JSON-RPC method, name or URI, arguments) from explain's --mcp-* options, or None."""
+    try:
+        arguments = json.loads(args.mcp_arguments)
+    except json.JSONDecodeError as exc:
+        _fail(f"--mcp-arguments is not JSON: {exc}", 2)
+    if not isinstance(arguments, dict):
+        _fail("--mcp-arguments must be a JSON object", 2)
+    for method, value in (
+        ("tools/call", args.mcp_tool),
+        ("resources/read", args.mcp_resource),
+        ("prompts/get", args.mcp_prompt),
+    ):
+        if value is not None:
+            return method, value, arguments
+    return None
 
 
 def _explain_text(result: dict[str, Any]) -> str:
@@ -144,6 +163,10 @@ def _explain_text(result: dict[str, Any]) -> str:
             caller += f", acting through {', '.join(principal['delegation'])}"
         caller += f"; scopes: {' '.join(principal['scopes']) or '(none)'}"
         lines.append(f"  caller: {caller}")
+    if "mcp" in result:
+        call = result["mcp"]
+        named = call.get("name", call.get("uri"))
+        lines.append(f"  mcp:    {call['method']} {named} -> {call['rule'] or 'no rule (default deny)'}")
     for note in result["notes"]:
         lines.append(f"  note:   {note}")
     return "\n".join(lines)
@@ -514,6 +537,13 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
     )
     explain.add_argument(
         "--act", action="append", default=[], help="an actor in the delegation chain, outermost first (repeatable)"
+    )
+    mcp = explain.add_mutually_exclusive_group()
+    mcp.add_argument("--mcp-tool", metavar="NAME", help="on an MCP route: a tools/call of this tool")
+    mcp.add_argument("--mcp-resource", metavar="URI", help="on an MCP route: a resources/read of this URI")
+    mcp.add_argument("--mcp-prompt", metavar="NAME", help="on an MCP route: a prompts/get of this prompt")
+    explain.add_argument(
+        "--mcp-arguments", metavar="JSON", default="{}", help="with --mcp-tool: the call's arguments (a JSON object)"
     )
     explain.add_argument("--json", action="store_true", help="print the decision as JSON")
     explain.set_defaults(func=cmd_explain)

@@ -8,9 +8,11 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.issuer.keystore import KeyStore
+from gateway.mcp.message import McpMessage
+from gateway.mcp.rules import decide
 from gateway.principal import Principal
 from gateway.proxy.answers import Refusal
-from gateway.proxy.authorize import PathRejected, RouteTable, authorize, normalize_path
+from gateway.proxy.authorize import PathRejected, Route, RouteTable, authorize, normalize_path
 from gateway.proxy.snapshot import verifier_for
 from gateway.state import RevocationList
 from gateway.wire import PROTECTED_RESOURCE_PATH
@@ -75,6 +77,7 @@ async def explain(
     agent: str | None,
     subject: str | None,
     delegation: list[str],
+    mcp: tuple[str, str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Decide as the proxy would: with a real token (verified like at the proxy) or with claimed scopes.
 
@@ -131,6 +134,11 @@ async def explain(
     route = decision.route
     if decision.reason == "missing_token":
         notes.append("explained as a request without a token; give --token, or --scope/--agent to assume a caller")
+    if mcp is not None and decision.allow and route is not None and principal is not None:
+        if route.mcp is None:
+            notes.append(f"route '{route.name}' has no mcp: block: any MCP message passes with the route's scopes")
+        else:
+            return _with(_mcp_result(route, principal, mcp), method, path, notes)
     out = _result(
         decision.allow,
         decision.status,
@@ -142,6 +150,30 @@ async def explain(
         principal=principal,
     )
     return _with(out, method, path, notes)
+
+
+def _mcp_result(route: Route, principal: Principal, call: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """The verdict of the route's `mcp:` rules on one tools/call, resources/read or prompts/get."""
+    method, name, arguments = call
+    assert route.mcp is not None
+    field = "uri" if method == "resources/read" else "name"
+    message = McpMessage("request", method, "explain", name, arguments if method == "tools/call" else None)
+    verdict = decide(route.mcp, route.scopes, message, principal)
+    status = 200 if verdict.allow else 403
+    error = "insufficient_scope" if verdict.reason == "insufficient_scope" else "access_denied"
+    out = _result(
+        verdict.allow,
+        status,
+        verdict.reason,
+        verdict.description,
+        error=error,
+        route=route.name,
+        upstream=route.upstream,
+        required=verdict.scopes or (*route.scopes, *(verdict.rule.scopes if verdict.rule else ())),
+        principal=principal,
+    )
+    out["mcp"] = {"method": method, field: name, "rule": verdict.rule.label if verdict.rule else None}
+    return out
 
 
 def _with(result: dict[str, Any], method: str, path: str, notes: list[str]) -> dict[str, Any]:

@@ -112,3 +112,12 @@ RATE_LIMIT_DECISIONS = Counter(
     "redis.url set means Redis was unreachable).",
     ["route", "outcome", "store"],
 )
+
+# MCP routes (gateway.proxy.inspect). Labels stay bounded by the config: the rule is its pattern as written
+# (`search_*`, or "none" when no rule matched), never the name a caller sent; unknown methods count as "other".
+MCP_DECISIONS = Counter(
+    "tollbooth_mcp_decisions_total",
+    "MCP messages decided on MCP routes, by route, JSON-RPC method, the rule that decided (its pattern), decision "
+    "and reason.",
+    ["route", "method", "rule", "decision", "reason"],
+)

@@ -90,9 +90,8 @@ class ProxyApp:
         lists = None
         if route.mcp is not None:
             assert principal is not None  # an MCP route is never public (RouteConfig refuses it)
-            config = snap.config
             receive, lists = await inspect_mcp(
-                head, route.mcp, route.scopes, principal, receive, event, max_body_bytes=config.proxy.max_body_bytes
+                head, route, principal, receive, event, max_body_bytes=snap.config.proxy.max_body_bytes
             )
         upstream = snap.upstreams[route.upstream]
         headers = upstream_request_headers(

@@ -12,9 +12,11 @@ from typing import Any
 from gateway.audit.events import AuditEvent
 from gateway.mcp.lists import LIST_METHODS, ListFilter
 from gateway.mcp.message import McpMessage, MessageRefused, check_content_type, check_headers, parse_message
-from gateway.mcp.rules import DENIED, McpRules, decide
+from gateway.mcp.rules import DENIED, decide
+from gateway.metrics import MCP_DECISIONS, child
 from gateway.principal import Principal
 from gateway.proxy.answers import Refusal
+from gateway.proxy.authorize import Route
 from gateway.proxy.head import RequestHead
 
 Message = MutableMapping[str, Any]
@@ -76,10 +78,37 @@ def _refusal(verdict_reason: str, description: str, scopes: tuple[str, ...], mes
     return Refusal(403, "access_denied", description, reason=verdict_reason, rpc=(DENIED, message.id))
 
 
+# JSON-RPC methods counted by name in the metrics; any other is "other" (a caller can send any string).
+_COUNTED_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "notification",
+        "response",
+    }
+)
+
+
+def _count(route: str, message: McpMessage, rule: str, allow: bool, reason: str) -> None:
+    method = message.method if message.kind == "request" else message.kind
+    method = method if method in _COUNTED_METHODS else "other"
+    child(MCP_DECISIONS, route, method or "other", rule, "allow" if allow else "deny", reason).inc()
+
+
 async def inspect_mcp(
     head: RequestHead,
-    rules: McpRules,
-    route_scopes: tuple[str, ...],
+    route: Route,
     principal: Principal,
     receive: Receive,
     event: AuditEvent,
@@ -90,6 +119,8 @@ async def inspect_mcp(
     request the filter its answer goes through."""
     if head.method != "POST":
         return receive, None
+    rules = route.mcp
+    assert rules is not None
     limit = min(rules.max_message_bytes, max_body_bytes)
     try:
         check_content_type(next(iter(_values(head, b"content-type")), None))
@@ -97,6 +128,7 @@ async def inspect_mcp(
         message = parse_message(body)
         check_headers(message, _values(head, b"mcp-method"), _values(head, b"mcp-name"))
     except MessageRefused as refused:
+        child(MCP_DECISIONS, route.name, "invalid", "none", "deny", refused.reason).inc()
         raise Refusal(
             refused.status,
             "invalid_request",
@@ -106,7 +138,8 @@ async def inspect_mcp(
         ) from None
     event.mcp_method = message.method or message.kind
     event.mcp_name = message.name or ""
-    verdict = decide(rules, route_scopes, message, principal)
+    verdict = decide(rules, route.scopes, message, principal)
+    _count(route.name, message, verdict.rule.glob if verdict.rule else "none", verdict.allow, verdict.reason)
     if not verdict.allow:
         raise _refusal(verdict.reason, verdict.description, verdict.scopes, message)
     lists = None

@@ -16,6 +16,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_support import DELETED, MCP_PATH, MCP_SCOPE, McpUpstream, start_mcp_gateway, start_mcp_upstream
+from prometheus_client.parser import text_string_to_metric_families
 from support import Gateway
 
 ROUTE = {
@@ -214,6 +215,14 @@ def test_refusals_answer_in_json_rpc_and_forward_nothing(
     assert posts_reaching(upstream) == before
 
 
+def test_the_401_names_the_routes_scopes_so_a_narrow_agent_can_finish_the_sdks_flow(gateway: Gateway):
+    # Finding no scope here, the SDK would ask for every scope in scopes_supported, refused to a narrow agent.
+    response = httpx2.post(gateway.proxy_url + MCP_PATH, json=tool_call("add"), timeout=10)
+    assert response.status_code == 401
+    challenge = response.headers["www-authenticate"]
+    assert f'scope="{MCP_SCOPE}"' in challenge and "resource_metadata=" in challenge
+
+
 def test_a_message_over_max_message_bytes_is_413_before_anything_is_forwarded(gateway: Gateway, upstream: McpUpstream):
     before = posts_reaching(upstream)
     response = post(gateway, tool_call("add", padding="x" * 20_000))
@@ -225,6 +234,24 @@ def test_audit_names_the_mcp_method_and_tool(gateway: Gateway):
     response = post(gateway, tool_call("drop_database", request_id="q-1"))
     event = gateway.wait_audit(lambda e: e.get("request_id") == response.headers["x-request-id"])
     assert (event["mcp_method"], event["mcp_name"], event["decision"]) == ("tools/call", "drop_database", "deny")
+
+
+def test_metrics_count_decisions_by_route_method_and_rule_pattern_never_by_sent_name(gateway: Gateway):
+    post(gateway, tool_call("drop_database_" + "x" * 40))
+    post(gateway, tool_call("delete_customer", customer_id="c", region="eu"))
+    post(gateway, b"[]")
+    metrics = gateway.metrics()
+    counted = [
+        sample.labels
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "tollbooth_mcp_decisions_total"
+    ]
+    route = {"route": "crm-mcp", "decision": "deny"}
+    assert {**route, "method": "tools/call", "rule": "none", "reason": "no_matching_rule"} in counted
+    assert {**route, "method": "tools/call", "rule": "delete_*", "reason": "insufficient_scope"} in counted
+    assert {**route, "method": "invalid", "rule": "none", "reason": "mcp_invalid_message"} in counted
+    assert "drop_database_" not in metrics
 
 
 def test_routes_without_mcp_rules_keep_refusing_nothing_new(tmp_path: Path, upstream: McpUpstream):
