@@ -29,7 +29,7 @@ from proxy_bench import _ms, free_port, mint, start_gateway, start_nginx, write_
 
 def tool_call() -> bytes:
     """A tools/call with realistic arguments, padded to about 2 KiB."""
-    notes = "Customer asked about the enterprise plan renewal and the invoices of the last two quarters. " * 16
+    notes = "Customer asked about the enterprise plan renewal and the invoices of the last two quarters. " * 21
     arguments = {"query": "renewal enterprise emea", "limit": 25, "fields": ["name", "email", "plan"], "notes": notes}
     body = {
         "jsonrpc": "2.0",
