@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
+
 from gateway import __version__
-from gateway.config import Config, ConfigError, LoadedConfig, config_schema, load_config, parse_duration
+from gateway.config import Config, ConfigError, LoadedConfig, RouteConfig, config_schema, load_config, parse_duration
 from gateway.redis.url import redacted
 from gateway.tokens.jwk import SIGNING_ALGORITHMS
 
@@ -82,6 +84,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     config = loaded.config
     warnings = route_warnings(config)
+    if args.mcp_coverage:
+        warnings += _mcp_coverage(config)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if warnings and args.strict:
@@ -91,6 +95,57 @@ def cmd_check(args: argparse.Namespace) -> int:
     counts = [_count(len(config.routes), "route"), _count(len(config.upstreams), "upstream")]
     counts.append(_count(len(config.agents), "agent"))
     print(f"ok: {files}: {', '.join(counts)}")
+    return 0
+
+
+def _mcp_target(config: Config, route: RouteConfig) -> tuple[str, dict[str, str]]:
+    """The URL and headers (the upstream's own credentials) the gateway reaches an MCP route's server with."""
+    if "{" in route.path:
+        _fail(f"route {route.name!r}: its path {route.path} has parameters; an MCP endpoint is one literal path")
+    upstream = config.upstreams[config.upstream_for(route)]
+    return upstream.url.rstrip("/") + route.path, dict(upstream.headers)
+
+
+def _mcp_coverage(config: Config) -> list[str]:
+    """Warnings for each mcp: route: what its server offers that no rule covers, and rules that match nothing."""
+    from gateway.mcp.rules import McpRules
+    from gateway.mcp.survey import SurveyError, coverage, survey
+
+    warnings: list[str] = []
+    routes = [route for route in config.routes if route.mcp is not None]
+    if not routes:
+        print("note: --mcp-coverage: no route has an mcp: block", file=sys.stderr)
+    for route in routes:
+        assert route.mcp is not None
+        url, headers = _mcp_target(config, route)
+        try:
+            offer = asyncio.run(survey(url, headers))
+        except SurveyError as exc:
+            _fail(f"route {route.name!r}: {exc}")
+        uncovered, unused = coverage(McpRules.from_config(route.mcp), offer)
+        warnings += [f"route {route.name!r}: {what} is offered but no rule covers it (denied)" for what in uncovered]
+        warnings += [f"route {route.name!r}: rule {rule} matches nothing the MCP server offers" for rule in unused]
+    return warnings
+
+
+def cmd_mcp_draft(args: argparse.Namespace) -> int:
+    from gateway.mcp.survey import SurveyError, draft_rules, survey
+
+    config = _load(args.config).config
+    route = next((r for r in config.routes if r.name == args.route), None)
+    if route is None:
+        _fail(f"no route named {args.route!r}; routes: {', '.join(r.name for r in config.routes) or 'none'}")
+    url, headers = _mcp_target(config, route)
+    try:
+        offer = asyncio.run(survey(url, headers))
+    except SurveyError as exc:
+        _fail(str(exc), 2)
+    prefix = args.scope_prefix or config.upstream_for(route)
+    block = draft_rules(offer, prefix)
+    print(f"# A draft mcp: block for route {route.name}, from what {url} offers: {len(offer.tools)} tools,")
+    print(f"# {len(offer.resources) + len(offer.templates)} resources and templates, {len(offer.prompts)} prompts.")
+    print("# Tool annotations chose the scopes (readOnlyHint: read, destructiveHint: admin, else write): review them.")
+    print(yaml.safe_dump({"mcp": block}, sort_keys=False), end="")
     return 0
 
 
@@ -500,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(check)
     check.add_argument("--strict", action="store_true", help="also exit 1 when there are warnings")
+    check.add_argument(
+        "--mcp-coverage",
+        action="store_true",
+        help="also connect to each mcp: route's server (with the upstream's credentials) and warn about tools, "
+        "resources and prompts no rule covers and rules that match nothing",
+    )
     check.set_defaults(func=cmd_check)
 
     explain = verbs.add_parser(
@@ -631,6 +692,23 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
     agent_key.add_argument("--out", metavar="FILE", help="where to write the private key (default: NAME.pem)")
     agent_key.add_argument("--force", action="store_true", help="replace FILE if it exists")
     agent_key.set_defaults(func=cmd_keys_agent)
+
+    mcp_command = verbs.add_parser(
+        "mcp", help="MCP routes: draft rules from a server", description="Work with MCP routes (docs/mcp.md)."
+    )
+    mcp_verbs = mcp_command.add_subparsers(dest="mcp_command", required=True, metavar="ACTION")
+    draft = mcp_verbs.add_parser(
+        "draft",
+        help="print a draft mcp: block from what a route's MCP server offers",
+        description="Connect to the route's upstream (its URL plus the route's path, with the upstream's headers), "
+        "list its tools, resources and prompts, and print a draft mcp: block. Tool annotations suggest the scopes: "
+        "readOnlyHint -> PREFIX.read, destructiveHint -> PREFIX.admin, others PREFIX.write. Exit 2 when the server "
+        "cannot be reached.",
+    )
+    _add_config(draft)
+    draft.add_argument("--route", required=True, help="the route whose upstream is the MCP server")
+    draft.add_argument("--scope-prefix", help="the scopes' prefix (default: the upstream's name)")
+    draft.set_defaults(func=cmd_mcp_draft)
 
     audit = verbs.add_parser(
         "audit", help="read the audit trail", description="Read the audit trail back (see docs/audit.md)."

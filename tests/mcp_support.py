@@ -11,6 +11,7 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
 from support import Gateway, Seen, free_port, start_gateway, wait_until
 from token_support import KeyPair, SecretAgent
 
@@ -48,7 +49,7 @@ class McpUpstream:
 def build_mcp_server() -> MCPServer:
     server = MCPServer("tollbooth-mcp-test")
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def whoami(ctx: Context) -> dict[str, Any]:
         """The identity headers this request carried, and the Authorization the MCP server received."""
         headers = {name.lower(): value for name, value in (ctx.headers or {}).items()}
@@ -63,7 +64,7 @@ def build_mcp_server() -> MCPServer:
         """Adds two integers."""
         return a + b
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(destructive_hint=True))
     def delete_customer(customer_id: str, region: str) -> str:
         """Deletes a customer (the destructive tool MCP rules guard)."""
         DELETED.append(customer_id)
