@@ -1,8 +1,10 @@
-"""`make run`: a fake CRM API as the upstream, the gateway on the example config, and lines to try."""
+"""`make run`: a fake CRM API as the upstream (with an MCP server at /mcp, built with the official `mcp` SDK), the
+gateway on the example config, and lines to try."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import shlex
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
@@ -20,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from gateway.config import LoadedConfig
 from gateway.serve import QuietServer, run_gateway
@@ -104,6 +107,48 @@ def demo_identity_provider(loaded: LoadedConfig, upstream_url: str) -> DemoIdent
     return None
 
 
+def demo_mcp_server() -> Any:
+    """The CRM as an MCP server: read tools, a write tool, a destructive one (no example rule allows it), a
+    resource template and a prompt. Annotations let `tollbooth mcp draft` suggest scopes."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.types import ToolAnnotations
+
+    server = MCPServer("tollbooth-demo-crm")
+    read, destructive = ToolAnnotations(read_only_hint=True), ToolAnnotations(destructive_hint=True)
+
+    @server.tool(annotations=read)
+    def search_customers(query: str = "") -> list[dict[str, str]]:
+        """Customers whose name contains the query."""
+        return [c for c in _CUSTOMERS.values() if query.lower() in c["name"].lower()]
+
+    @server.tool(annotations=read)
+    def get_customer(customer_id: str) -> dict[str, str]:
+        """One customer by id."""
+        return _CUSTOMERS.get(customer_id, {})
+
+    @server.tool()
+    def create_customer(name: str, email: str) -> dict[str, str]:
+        """Adds a customer."""
+        new_id = str(40 + len(_CUSTOMERS) + 3)
+        _CUSTOMERS[new_id] = {"id": new_id, "name": name, "email": email, "plan": "team"}
+        return _CUSTOMERS[new_id]
+
+    @server.tool(annotations=destructive)
+    def delete_customer(customer_id: str) -> str:
+        """Deletes a customer for good."""
+        return "deleted" if _CUSTOMERS.pop(customer_id, None) else "no such customer"
+
+    @server.resource("crm://customers/{customer_id}")
+    def customer(customer_id: str) -> str:
+        return json.dumps(_CUSTOMERS.get(customer_id, {}))
+
+    @server.prompt()
+    def summarize_customer(customer_id: str) -> str:
+        return f"Summarize the account of customer {customer_id} in three sentences."
+
+    return server
+
+
 def crm_app(idp: DemoIdentityProvider | None = None) -> Starlette:
     async def list_customers(request: Request) -> Response:
         return JSONResponse({"customers": list(_CUSTOMERS.values()), "seen_by_upstream": _seen(request)})
@@ -131,7 +176,15 @@ def crm_app(idp: DemoIdentityProvider | None = None) -> Starlette:
     async def status(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    mcp_http = demo_mcp_server().streamable_http_app(streamable_http_path="/mcp")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with mcp_http.router.lifespan_context(app):  # the MCP server's session manager
+            yield
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/v1/customers", list_customers, methods=["GET", "HEAD"]),
             Route("/v1/customers", create_customer, methods=["POST"]),
@@ -139,7 +192,8 @@ def crm_app(idp: DemoIdentityProvider | None = None) -> Starlette:
             Route("/v1/events", events, methods=["GET"]),
             Route("/status", status, methods=["GET", "HEAD"]),
             *(idp.routes(urlsplit(idp.issuer).path) if idp else []),
-        ]
+            Mount("", app=mcp_http),
+        ],
     )
 
 
@@ -164,6 +218,11 @@ Try it (in another terminal):
   # 4. no token -> 401 with the RFC 6750 challenge; the audit trail is in {loaded.config.audit.file}
   curl -si {proxy}/v1/customers/42
   tail -n 3 {loaded.config.audit.file}
+
+  # 5. MCP: the demo CRM's MCP server is at {proxy}/mcp behind per-tool rules (docs/mcp.md). What it offers,
+  #    as a draft of rules, and what one call would get:
+  .venv/bin/tollbooth mcp draft --config {cfg} --route crm-mcp --scope-prefix crm
+  .venv/bin/tollbooth explain --config {cfg} POST /mcp --scope crm.read --mcp-tool delete_customer
 """
 
 
@@ -177,7 +236,7 @@ async def run_demo(loaded: LoadedConfig, *, config_path: str) -> None:
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 80,
             log_level="warning",
-            lifespan="off",
+            lifespan="on",
             loop="none",
         )
     )

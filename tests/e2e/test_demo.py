@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -83,9 +84,44 @@ def test_demo_prints_lines_that_work(tmp_path: Path):
         denied = httpx2.post(f"{proxy}/v1/customers", headers=bearer, json={"name": "Alan"})
         assert denied.status_code == 403 and denied.json()["error"] == "insufficient_scope"
         assert httpx2.get(f"{proxy}/v1/customers/42").status_code == 401
+        # 5. MCP through the example's crm-mcp route: a crm.read agent sees and calls only the read tools.
+        tools = asyncio.run(mcp_tools(f"{proxy}/mcp", token))
+        assert tools == ["get_customer", "search_customers"]
+        while "--mcp-tool delete_customer" not in printed:
+            printed += process.stdout.readline()
+        for line in printed.splitlines()[-2:]:
+            verb = shlex.split(line.strip())
+            assert verb[0] == ".venv/bin/tollbooth"
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", *verb[1:]],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if verb[1] == "mcp":
+                assert done.returncode == 0, done.stderr
+                drafted = {rule["name"]: rule["scopes"] for rule in yaml.safe_load(done.stdout)["mcp"]["tools"]}
+                assert drafted["delete_customer"] == ["crm.admin"] and drafted["get_customer"] == ["crm.read"]
+            else:
+                assert done.returncode == 1 and "no_matching_rule" in done.stdout, done.stdout
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
+
+
+async def mcp_tools(url: str, token: str) -> list[str]:
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=20) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        return sorted(tool.name for tool in (await session.list_tools()).tools)
 
 
 def _readme_block(marker: str, replacements: dict[str, str], doc: str = "README.md", kind: str = "walkthrough") -> str:
