@@ -65,16 +65,9 @@ def test_demo_prints_lines_that_work(tmp_path: Path):
             assert line, f"demo exited early: {printed}"
             printed += line
         token_line = next(line for line in printed.splitlines() if "TOKEN=$(" in line)
-        command = shlex.split(re.search(r"TOKEN=\$\((.*)\)", token_line).group(1))
-        assert command[0] == ".venv/bin/tollbooth"
-        token = subprocess.run(
-            [sys.executable, "-m", "gateway", *command[1:]],
-            cwd=tmp_path,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        minted = run_printed(re.search(r"TOKEN=\$\((.*)\)", token_line).group(1), tmp_path, env)
+        assert minted.returncode == 0, minted.stderr
+        token = minted.stdout.strip()
         proxy = re.search(r"proxy (http://\S+),", printed).group(1)
         bearer = {"Authorization": f"Bearer {token}"}
         wait_until(lambda: httpx2.get(f"{proxy}/status").status_code == 200, what="demo upstream")
@@ -90,17 +83,8 @@ def test_demo_prints_lines_that_work(tmp_path: Path):
         while "--mcp-tool delete_customer" not in printed:
             printed += process.stdout.readline()
         for line in printed.splitlines()[-2:]:
-            verb = shlex.split(line.strip())
-            assert verb[0] == ".venv/bin/tollbooth"
-            done = subprocess.run(
-                [sys.executable, "-m", "gateway", *verb[1:]],
-                cwd=tmp_path,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            if verb[1] == "mcp":
+            done = run_printed(line, tmp_path, env)
+            if " mcp draft " in line:
                 assert done.returncode == 0, done.stderr
                 drafted = {rule["name"]: rule["scopes"] for rule in yaml.safe_load(done.stdout)["mcp"]["tools"]}
                 assert drafted["delete_customer"] == ["crm.admin"] and drafted["get_customer"] == ["crm.read"]
@@ -109,6 +93,15 @@ def test_demo_prints_lines_that_work(tmp_path: Path):
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
+
+
+def run_printed(line: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A `.venv/bin/tollbooth ...` line the demo printed, run with this interpreter."""
+    command = shlex.split(line.strip())
+    assert command[0] == ".venv/bin/tollbooth"
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *command[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 async def mcp_tools(url: str, token: str) -> list[str]:
