@@ -58,6 +58,8 @@ class McpMessage:
 
 def check_content_type(value: bytes | None) -> None:
     """Only `application/json` (in UTF-8) is read: anything else could be parsed differently upstream."""
+    if value == b"application/json":
+        return
     media, _, params = (value or b"").decode("latin-1").partition(";")
     charset = next(
         (
@@ -95,29 +97,33 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _refused(detail: str) -> MessageRefused:
+    return MessageRefused(400, PARSE_ERROR, "mcp_parse_error", f"the body is not one JSON value: {detail}")
+
+
 def parse_json(body: bytes) -> Any:
     """The one JSON value of `body`, or MessageRefused (parse error).
 
-    Two parsers, each for what it refuses: orjson for strict UTF-8 (no BOM, no lone surrogates), no NaN or
-    Infinity and nothing after the value; the standard library for duplicate keys, which orjson silently resolves
-    to the last. The value returned is the standard library's, with every key checked unique.
+    orjson refuses what is not strict JSON in UTF-8 (a BOM, lone surrogates, NaN or Infinity, anything after the
+    value) but silently keeps the last of duplicate keys, which a server may read the other way. Every member has
+    one ':' outside strings, and orjson writes a string's ':' as it is, so a body without duplicates has exactly as
+    many ':' as orjson's own rendering of what it parsed, and one with duplicates has more (the dropped members'
+    colons). That holds while no string spells a ':' as an escape; a body that does is checked key by key with the
+    standard library instead.
     """
     try:
-        orjson.loads(body)
-        value = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        detail = str(exc).split(":")[0]
-        raise MessageRefused(400, PARSE_ERROR, "mcp_parse_error", f"the body is not one JSON value: {detail}") from None
-    except ValueError as exc:
-        raise MessageRefused(400, PARSE_ERROR, "mcp_parse_error", f"the body is not one JSON value: {exc}") from None
+        raise _refused(str(exc).split(":")[0]) from None
     # Walking the tree costs more than parsing it: only a body with that many brackets can be that deep.
     if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
-        raise MessageRefused(
-            400,
-            PARSE_ERROR,
-            "mcp_parse_error",
-            f"the body is not one JSON value: nested deeper than {MAX_DEPTH} levels",
-        )
+        raise _refused(f"nested deeper than {MAX_DEPTH} levels")
+    escaped_colon = b"\\u003a" in body or b"\\u003A" in body
+    if escaped_colon or body.count(b":") != orjson.dumps(value).count(b":"):
+        try:
+            json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except ValueError as exc:
+            raise _refused(str(exc)) from None
     return value
 
 

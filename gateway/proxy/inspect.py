@@ -23,8 +23,19 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 
 
-def _values(head: RequestHead, name: bytes) -> list[bytes]:
-    return [value for key, value in head.headers if key == name]
+def _mcp_headers(head: RequestHead) -> tuple[bytes | None, list[bytes], list[bytes]]:
+    """Content-Type (the first), and every Mcp-Method and Mcp-Name, in one pass over the headers."""
+    content_type: bytes | None = None
+    methods: list[bytes] = []
+    names: list[bytes] = []
+    for key, value in head.headers:
+        if key == b"content-type":
+            content_type = value if content_type is None else content_type
+        elif key == b"mcp-method":
+            methods.append(value)
+        elif key == b"mcp-name":
+            names.append(value)
+    return content_type, methods, names
 
 
 def _too_large(limit: int) -> Refusal:
@@ -123,10 +134,11 @@ async def inspect_mcp(
     assert rules is not None
     limit = min(rules.max_message_bytes, max_body_bytes)
     try:
-        check_content_type(next(iter(_values(head, b"content-type")), None))
+        content_type, mcp_methods, mcp_names = _mcp_headers(head)
+        check_content_type(content_type)
         body = await _read_body(head, receive, limit)
         message = parse_message(body)
-        check_headers(message, _values(head, b"mcp-method"), _values(head, b"mcp-name"))
+        check_headers(message, mcp_methods, mcp_names)
     except MessageRefused as refused:
         child(MCP_DECISIONS, route.name, "invalid", "none", "deny", refused.reason).inc()
         raise Refusal(

@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.mcp.message import (
     HEADER_MISMATCH,
@@ -70,6 +72,13 @@ def test_requests_notifications_and_responses(body: dict[str, Any], kind: str, n
     [
         (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","name":"delete_all"}}', PARSE_ERROR),
         (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}', PARSE_ERROR),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"r":"eu","r":"us"}}}',
+            PARSE_ERROR,
+        ),
+        # A duplicate hidden behind an escaped ':' that would balance the colon count: caught key by key.
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","name":"x\\u003a"}}', PARSE_ERROR),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a:b","name":{"c:d":"e:f"}}}', PARSE_ERROR),
         (b'{"jsonrpc":"2.0","id":1,"method":"tools/call"} {"x":1}', PARSE_ERROR),
         (b'{"jsonrpc":"2.0","id":1,"method":"tools/call"}garbage', PARSE_ERROR),
         (b'{"jsonrpc":"2.0","id":NaN,"method":"ping"}', PARSE_ERROR),
@@ -107,6 +116,18 @@ def test_requests_notifications_and_responses(body: dict[str, Any], kind: str, n
 def test_ambiguous_or_malformed_bodies_are_refused(body: bytes, code: int):
     refusal = refused(body)
     assert refusal.status == 400 and refusal.code == code, refusal.description
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a:b","arguments":{"url":"https://x:1/"}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"k":"\\u003a"}}}',
+        b'{ "jsonrpc" : "2.0" , "id" : 1 , "method" : "tools/call" , "params" : { "name" : "t:" } }',
+    ],
+)
+def test_colons_in_strings_escapes_and_spacing_are_not_duplicates(body: bytes):
+    assert parse_message(body).method == "tools/call"
 
 
 def test_nesting_is_bounded_but_ordinary_depth_is_fine():
@@ -176,3 +197,40 @@ def test_mcp_headers_must_say_what_the_body_says(method: list[bytes], name: list
     with pytest.raises(MessageRefused) as caught:
         check_headers(message, method, name)
     assert (caught.value.status, caught.value.code, caught.value.request_id) == (400, HEADER_MISMATCH, 7)
+
+
+# Objects written by hand, so that a key may repeat: raw JSON strings made of pieces that hold ':' plainly, as the
+# escape \u003a, or next to an escaped quote, to attack the colon count from every side.
+_STRING = st.lists(st.sampled_from(["a", ":", "\\u003a", '\\"', "é"]), max_size=4).map(
+    lambda parts: '"' + "".join(parts) + '"'
+)
+_KEY = st.sampled_from(['"a"', '"b"', '"a:b"', '"\\u003a"'])
+_VALUE = st.recursive(
+    st.one_of(st.integers().map(str), _STRING),
+    lambda inner: st.lists(st.tuples(_KEY, inner), max_size=4).map(
+        lambda pairs: "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+    ),
+    max_leaves=12,
+)
+
+
+def _has_duplicates(text: str) -> bool:
+    found = False
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal found
+        found = found or len({k for k, _ in pairs}) != len(pairs)
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=hook)
+    return found
+
+
+@given(_VALUE.filter(lambda v: v.startswith("{")))
+def test_duplicate_keys_are_refused_exactly_when_present(value: str):
+    body = ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":' + value + "}}").encode()
+    if _has_duplicates(value):
+        with pytest.raises(MessageRefused):
+            parse_message(body)
+    else:
+        assert parse_message(body).arguments == json.loads(value)
