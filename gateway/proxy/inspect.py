@@ -129,6 +129,11 @@ async def inspect_mcp(
     """Decide one MCP request: the receive the forward step reads the (already checked) body from, and for a list
     request the filter its answer goes through."""
     if head.method != "POST":
+        # Only a POST carries a message. A body on any other method would reach the server unread: a server that
+        # took it as a message would have been sent a call no rule decided.
+        if head.chunked or (head.content_length is not None and head.content_length.strip() != b"0"):
+            child(MCP_DECISIONS, route.name, "invalid", "none", "deny", "mcp_unexpected_body").inc()
+            raise Refusal(400, "invalid_request", f"an MCP {head.method} carries no body", reason="mcp_unexpected_body")
         return receive, None
     rules = route.mcp
     assert rules is not None

@@ -223,6 +223,16 @@ def test_the_401_names_the_routes_scopes_so_a_narrow_agent_can_finish_the_sdks_f
     assert f'scope="{MCP_SCOPE}"' in challenge and "resource_metadata=" in challenge
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_body_on_another_method_than_post_is_refused_unread(gateway: Gateway, upstream: McpUpstream, method: str):
+    before = len(upstream.seen)
+    headers = {"Authorization": f"Bearer {gateway.mint(READER)}", "Content-Type": "application/json"}
+    body = json.dumps(tool_call("delete_customer", customer_id="c", region="eu")).encode()
+    response = httpx2.request(method, gateway.proxy_url + MCP_PATH, content=body, headers=headers, timeout=10)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert len(upstream.seen) == before
+
+
 def test_a_message_over_max_message_bytes_is_413_before_anything_is_forwarded(gateway: Gateway, upstream: McpUpstream):
     before = posts_reaching(upstream)
     response = post(gateway, tool_call("add", padding="x" * 20_000))
