@@ -41,7 +41,11 @@ class ListFilter:
             value = parse_json(data)
         except MessageRefused:
             return self._unreadable()
-        if not (isinstance(value, dict) and value.get("id") == self.request_id and "result" in value):
+        if isinstance(value, list):  # a batch (older protocol versions): each answer in it is filtered
+            return b"[" + b",".join(self.message(orjson.dumps(item)) for item in value) + b"]"
+        # Ids compared as text: a client that matches "7" to 7 must not get an unfiltered list.
+        answers_us = isinstance(value, dict) and str(value.get("id")) == str(self.request_id)
+        if not (answers_us and "result" in value):
             return data  # a notification, a server request, or an error: not a list
         result = value["result"]
         kind, array, field = LIST_METHODS[self.method]

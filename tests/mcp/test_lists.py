@@ -106,3 +106,13 @@ def test_a_multi_line_data_field_is_one_message():
     event = b"\n".join(b"data: " + line for line in body) + b"\n\n"
     (out,) = [e for e in tools_list().sse(event).split(b"\n\n") if e]
     assert names(out.removeprefix(b"data: ")) == ["read_c"]
+
+
+def test_an_answer_whose_id_differs_only_in_type_is_filtered_too():
+    assert names(tools_list().message(json.dumps(answer("drop", "read_a", request_id="5")).encode())) == ["read_a"]
+
+
+def test_answers_in_a_batch_are_filtered_each():
+    batch = [answer("drop", "read_a"), {"jsonrpc": "2.0", "method": "notifications/progress"}]
+    out = json.loads(tools_list().message(json.dumps(batch).encode()))
+    assert [t["name"] for t in out[0]["result"]["tools"]] == ["read_a"] and out[1]["method"] == "notifications/progress"
