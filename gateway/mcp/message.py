@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ INVALID_PARAMS = -32602
 HEADER_MISMATCH = -32020
 
 MAX_DEPTH = 64
+# Dot segments (`/../`, `/.` at the end), their encodings, encoded slashes, backslashes and controls.
+_AMBIGUOUS_URI = re.compile(r"(^|/)\.\.?(/|$|[?#])|%2e|%2f|%5c|\\|[\x00-\x1f\x7f]", re.IGNORECASE)
 # The method → (rule kind, the params field naming what the rule is about).
 NAMED_METHODS: dict[str, tuple[Literal["tools", "resources", "prompts"], str]] = {
     "tools/call": ("tools", "name"),
@@ -158,6 +161,9 @@ def parse_message(body: bytes) -> McpMessage:
         if params is not None and not isinstance(params, dict | list):
             raise _invalid('"params" must be an object', request_id)
         kind: Literal["request", "notification"] = "request" if "id" in value else "notification"
+        if kind == "notification" and method in NAMED_METHODS:
+            # Without an id it would be a notification, which rules do not decide, yet a dispatcher may run it.
+            raise _invalid(f"{method} is a request: it needs an id")
         name, arguments = _named(method, params, request_id)
         return McpMessage(kind, method, value.get("id"), name, arguments)
     if "id" not in value or ("result" in value) == ("error" in value):
@@ -175,6 +181,15 @@ def _named(method: str, params: Any, request_id: Any) -> tuple[str | None, Any]:
     if not isinstance(params, dict) or not isinstance(params.get(field), str):
         raise MessageRefused(
             400, INVALID_PARAMS, "mcp_invalid_params", f'{method} needs a string "params.{field}"', request_id
+        )
+    if field == "uri" and _AMBIGUOUS_URI.search(params["uri"]):
+        # A server that normalizes the URI would read another resource than the one the rules matched.
+        raise MessageRefused(
+            400,
+            INVALID_PARAMS,
+            "mcp_invalid_params",
+            "a resource URI with dot segments, encoded dots or slashes, or a backslash is ambiguous",
+            request_id,
         )
     arguments = params.get("arguments")
     if method == "tools/call" and arguments is not None and not isinstance(arguments, dict):

@@ -128,15 +128,16 @@ async def inspect_mcp(
 ) -> tuple[Receive, ListFilter | None]:
     """Decide one MCP request: the receive the forward step reads the (already checked) body from, and for a list
     request the filter its answer goes through."""
+    rules = route.mcp
+    assert rules is not None
     if head.method != "POST":
         # Only a POST carries a message. A body on any other method would reach the server unread: a server that
         # took it as a message would have been sent a call no rule decided.
         if head.chunked or (head.content_length is not None and head.content_length.strip() != b"0"):
             child(MCP_DECISIONS, route.name, "invalid", "none", "deny", "mcp_unexpected_body").inc()
             raise Refusal(400, "invalid_request", f"an MCP {head.method} carries no body", reason="mcp_unexpected_body")
-        return receive, None
-    rules = route.mcp
-    assert rules is not None
+        # The GET stream may replay stored answers (Last-Event-ID), lists among them: they are filtered too.
+        return receive, ListFilter(None, None, rules, principal) if head.method == "GET" else None
     limit = min(rules.max_message_bytes, max_body_bytes)
     try:
         content_type, mcp_methods, mcp_names = _mcp_headers(head)

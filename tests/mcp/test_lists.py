@@ -46,7 +46,6 @@ def test_a_json_answer_keeps_what_the_rules_allow_and_the_cursor():
     "message",
     [
         {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"},
-        {"jsonrpc": "2.0", "id": 6, "result": {"tools": [{"name": "drop"}]}},  # another request's answer
         {"jsonrpc": "2.0", "id": 5, "error": {"code": -32601, "message": "no"}},
     ],
 )
@@ -116,3 +115,28 @@ def test_answers_in_a_batch_are_filtered_each():
     batch = [answer("drop", "read_a"), {"jsonrpc": "2.0", "method": "notifications/progress"}]
     out = json.loads(tools_list().message(json.dumps(batch).encode()))
     assert [t["name"] for t in out[0]["result"]["tools"]] == ["read_a"] and out[1]["method"] == "notifications/progress"
+
+
+def test_any_list_in_any_answer_is_filtered_as_a_get_stream_replays_them():
+    # Last-Event-ID on the GET stream replays stored answers to list requests this stream never saw.
+    replay = ListFilter(None, None, RULES, READER)
+    assert names(replay.message(json.dumps(answer("drop", "read_a", request_id=99)).encode())) == ["read_a"]
+    assert names(tools_list().message(json.dumps(answer("drop", "read_b", request_id=6)).encode())) == ["read_b"]
+    plain = json.dumps({"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "hi"}]}}).encode()
+    assert replay.message(plain) == plain
+
+
+def test_the_sdks_empty_priming_event_and_comments_pass_unchanged():
+    stream = b"id: 0\nretry: 3000\ndata: \n\n: keep-alive\n\n"
+    assert tools_list().sse(stream) == stream
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5, 1000])
+def test_bare_cr_line_ends_and_a_leading_bom_are_read_as_sse_clients_read_them(cut: int):
+    event = b"event: message\rdata: " + json.dumps(answer("drop", "read_a")).encode() + b"\r\r"
+    stream = b"\xef\xbb\xbf" + event + b"data: " + json.dumps(answer("drop", "read_b")).encode() + b"\r\n\r\n"
+    lists = tools_list()
+    out = b"".join(lists.sse(stream[i : i + cut]) for i in range(0, len(stream), cut)) + lists.sse_end()
+    events = [e for e in out.split(b"\n\n") if e]
+    assert len(events) == 2 and b"drop" not in out
+    assert names(events[0].split(b"\n")[1].removeprefix(b"data: ")) == ["read_a"]

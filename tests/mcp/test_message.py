@@ -110,6 +110,17 @@ def test_requests_notifications_and_responses(body: dict[str, Any], kind: str, n
             json.dumps({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": 5}}).encode(),
             INVALID_PARAMS,
         ),
+        # A named call without an id would be a notification, which no rule decides: refused.
+        (json.dumps({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "x"}}).encode(), INVALID_REQUEST),
+        (json.dumps({"jsonrpc": "2.0", "method": "prompts/get", "params": {"name": "p"}}).encode(), INVALID_REQUEST),
+        # Resource URIs a normalizing server would read as another resource than the rules matched.
+        *(
+            (
+                json.dumps({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": u}}).encode(),
+                INVALID_PARAMS,
+            )
+            for u in ("file:///public/../secret", "crm://c/%2e%2e/x", "crm://c/./x", "crm://c/a%2Fb", "crm://c\\x")
+        ),
     ],
     ids=lambda v: v[:48].decode("latin-1") if isinstance(v, bytes) else str(v),
 )
