@@ -21,6 +21,9 @@ LIST_METHODS: dict[str, tuple[Kind, str, str]] = {
     "prompts/list": ("prompts", "prompts", "name"),
 }
 UNREADABLE = -32603  # JSON-RPC internal error: the server's answer could not be read, so nothing of it is shown
+# The most of one answer (a JSON body, or one SSE event) held to filter it: past it, a hostile or broken server
+# gets an error shown instead of the gateway's memory.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
 class ListFilter:
@@ -46,7 +49,7 @@ class ListFilter:
         try:
             value = parse_json(data)
         except MessageRefused:
-            return self._unreadable()
+            return self.unreadable()
         if isinstance(value, list):  # a batch (older protocol versions): each answer in it is filtered
             return b"[" + b",".join(self.message(orjson.dumps(item)) for item in value) + b"]"
         if not isinstance(value, dict) or "result" not in value:
@@ -56,13 +59,15 @@ class ListFilter:
         answers_us = self.method is not None and str(value.get("id")) == str(self.request_id)
         expected = LIST_METHODS[self.method][1] if self.method is not None else ""
         if answers_us and not (isinstance(result, dict) and isinstance(result.get(expected), list)):
-            return self._unreadable()
+            return self.unreadable()
         if not isinstance(result, dict):
             return data
         filtered = dict(result)
+        changed = answers_us
         for kind, array, field in LIST_METHODS.values():
             entries = result.get(array)
             if isinstance(entries, list):
+                changed = True
                 filtered[array] = [
                     entry
                     for entry in entries
@@ -70,11 +75,11 @@ class ListFilter:
                     and isinstance(entry.get(field), str)
                     and self.rules.allows(kind, entry[field], self.principal)
                 ]
-        if filtered == result and not answers_us:
+        if not changed:
             return data
         return orjson.dumps({**value, "result": filtered})
 
-    def _unreadable(self) -> bytes:
+    def unreadable(self) -> bytes:
         what = f"{self.method} answer" if self.method else "answer"
         error = {"code": UNREADABLE, "message": f"the MCP server's {what} could not be read"}
         return orjson.dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error})
@@ -96,9 +101,12 @@ class ListFilter:
         text = buffer[: len(buffer) - len(held)].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         complete, separator, rest = text.rpartition(b"\n\n")
         self._pending = rest + held
-        if not separator:
-            return b""
-        return b"".join(self._event(event) + b"\n\n" for event in complete.split(b"\n\n"))
+        out = b"".join(self._event(event) + b"\n\n" for event in complete.split(b"\n\n")) if separator else b""
+        if len(self._pending) > MAX_ANSWER_BYTES:
+            # One event that never ends: an error in its place, and what was held is dropped.
+            self._pending = b""
+            out += b"data: " + self.unreadable() + b"\n\n"
+        return out
 
     def sse_end(self) -> bytes:
         """What is left when the stream ends (an event without its final blank line)."""

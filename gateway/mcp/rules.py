@@ -51,18 +51,13 @@ class McpRules:
     @classmethod
     def from_config(cls, mcp: McpConfig) -> McpRules:
         def compiled(kind: Kind, entries: Sequence[Any]) -> tuple[Rule, ...]:
-            return tuple(
-                Rule(
-                    kind,
-                    i,
-                    entry.uri if kind == "resources" else entry.name,
-                    glob_pattern(entry.uri if kind == "resources" else entry.name),
-                    tuple(entry.scopes),
-                    entry.delegation,
-                    jsonschema_rs.validator_for(entry.arguments) if getattr(entry, "arguments", None) else None,
-                )
-                for i, entry in enumerate(entries)
-            )
+            rules = []
+            for i, entry in enumerate(entries):
+                glob = entry.uri if kind == "resources" else entry.name
+                schema = entry.arguments if kind == "tools" else None
+                validator = jsonschema_rs.validator_for(schema) if schema is not None else None
+                rules.append(Rule(kind, i, glob, glob_pattern(glob), tuple(entry.scopes), entry.delegation, validator))
+            return tuple(rules)
 
         return cls(
             mcp.max_message_bytes,

@@ -15,6 +15,7 @@ from gateway.mcp.message import McpMessage, MessageRefused, check_content_type, 
 from gateway.mcp.rules import DENIED, decide
 from gateway.metrics import MCP_DECISIONS, child
 from gateway.principal import Principal
+from gateway.proxy.admit import body_too_large
 from gateway.proxy.answers import Refusal
 from gateway.proxy.authorize import Route
 from gateway.proxy.head import RequestHead
@@ -38,13 +39,9 @@ def _mcp_headers(head: RequestHead) -> tuple[bytes | None, list[bytes], list[byt
     return content_type, methods, names
 
 
-def _too_large(limit: int) -> Refusal:
-    return Refusal(413, "request_too_large", f"an MCP message may be at most {limit} bytes", reason="body_too_large")
-
-
 async def _read_body(head: RequestHead, receive: Receive, limit: int) -> bytes:
     if head.content_length is not None and int(head.content_length) > limit:
-        raise _too_large(limit)
+        raise body_too_large(limit)
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -54,7 +51,7 @@ async def _read_body(head: RequestHead, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -111,10 +108,14 @@ _COUNTED_METHODS = frozenset(
 )
 
 
-def _count(route: str, message: McpMessage, rule: str, allow: bool, reason: str) -> None:
-    method = message.method if message.kind == "request" else message.kind
-    method = method if method in _COUNTED_METHODS else "other"
-    child(MCP_DECISIONS, route, method or "other", rule, "allow" if allow else "deny", reason).inc()
+def _count(route: str, message: McpMessage | None, rule: str, allow: bool, reason: str) -> None:
+    """One decision in tollbooth_mcp_decisions_total; `message` None: refused before it could be read."""
+    if message is None:
+        method = "invalid"
+    else:
+        method = (message.method if message.kind == "request" else message.kind) or "other"
+        method = method if method in _COUNTED_METHODS else "other"
+    child(MCP_DECISIONS, route, method, rule, "allow" if allow else "deny", reason).inc()
 
 
 async def inspect_mcp(
@@ -134,7 +135,7 @@ async def inspect_mcp(
         # Only a POST carries a message. A body on any other method would reach the server unread: a server that
         # took it as a message would have been sent a call no rule decided.
         if head.chunked or (head.content_length is not None and head.content_length.strip() != b"0"):
-            child(MCP_DECISIONS, route.name, "invalid", "none", "deny", "mcp_unexpected_body").inc()
+            _count(route.name, None, "none", False, "mcp_unexpected_body")
             raise Refusal(400, "invalid_request", f"an MCP {head.method} carries no body", reason="mcp_unexpected_body")
         # The GET stream may replay stored answers (Last-Event-ID), lists among them: they are filtered too.
         return receive, ListFilter(None, None, rules, principal) if head.method == "GET" else None
@@ -146,7 +147,7 @@ async def inspect_mcp(
         message = parse_message(body)
         check_headers(message, mcp_methods, mcp_names)
     except MessageRefused as refused:
-        child(MCP_DECISIONS, route.name, "invalid", "none", "deny", refused.reason).inc()
+        _count(route.name, None, "none", False, refused.reason)
         raise Refusal(
             refused.status,
             "invalid_request",

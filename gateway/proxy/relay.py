@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from gateway.mcp.lists import ListFilter
+from gateway.mcp.lists import MAX_ANSWER_BYTES, ListFilter
 from gateway.metrics import UPSTREAM_SECONDS, child
 from gateway.proxy.admit import body_too_large
 from gateway.proxy.answers import Refusal
@@ -137,8 +137,15 @@ async def _filtered(response: Any, out_headers: Headers, lists: ListFilter, send
     media = _content_type(out_headers).lower()
     kept = [(name, value) for name, value in out_headers if name.lower() != b"content-length"]
     if media == b"application/json":
-        body = b"".join([chunk async for chunk in response.iter_body()])
-        filtered = lists.message(body)
+        chunks: list[bytes] = []
+        held = 0
+        async for chunk in response.iter_body():
+            held += len(chunk)
+            if held > MAX_ANSWER_BYTES:
+                chunks = []
+                break
+            chunks.append(chunk)
+        filtered = lists.message(b"".join(chunks)) if chunks else lists.unreadable()
         kept.append((b"content-length", str(len(filtered)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": kept})
         crossing.event.bytes_out = len(filtered)

@@ -140,3 +140,14 @@ def test_bare_cr_line_ends_and_a_leading_bom_are_read_as_sse_clients_read_them(c
     events = [e for e in out.split(b"\n\n") if e]
     assert len(events) == 2 and b"drop" not in out
     assert names(events[0].split(b"\n")[1].removeprefix(b"data: ")) == ["read_a"]
+
+
+def test_an_answer_too_large_to_hold_becomes_an_error_not_memory(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("gateway.mcp.lists.MAX_ANSWER_BYTES", 64)
+    lists = tools_list()
+    before = b"data: " + json.dumps(answer("drop", "read_a")).encode() + b"\n\n"
+    out = lists.sse(before + b"data: " + b"x" * 100)
+    first, second = [e for e in out.split(b"\n\n") if e]
+    assert names(first.removeprefix(b"data: ")) == ["read_a"], "complete events are still filtered"
+    assert json.loads(second.removeprefix(b"data: "))["error"]["code"] == UNREADABLE
+    assert lists.sse_end() == b""
