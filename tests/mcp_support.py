@@ -3,13 +3,17 @@ and a Tollbooth gateway in front of it: the upstream the MCP end-to-end tests re
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import uvicorn
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from support import Gateway, Seen, free_port, start_gateway, wait_until
@@ -44,6 +48,18 @@ class McpUpstream:
         with self._arrived:
             if not self._arrived.wait_for(lambda: predicate(self.seen), timeout):
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def sdk_session(url: str, token: str) -> AsyncIterator[ClientSession]:
+    """An initialized session of the official SDK's client at `url`, sending `token` as its bearer token."""
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=20) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
 
 
 def build_mcp_server() -> MCPServer:

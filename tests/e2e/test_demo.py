@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx2
 import yaml
+from mcp_support import sdk_session
 from support import ROOT, free_port, wait_until
 
 
@@ -105,15 +106,7 @@ def run_printed(line: str, cwd: Path, env: dict[str, str]) -> subprocess.Complet
 
 
 async def mcp_tools(url: str, token: str) -> list[str]:
-    from mcp.client.session import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=20) as http,
-        streamable_http_client(url, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with sdk_session(url, token) as session:
         return sorted(tool.name for tool in (await session.list_tools()).tools)
 
 

@@ -13,9 +13,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp_support import DELETED, MCP_PATH, MCP_SCOPE, McpUpstream, start_mcp_gateway, start_mcp_upstream
+from mcp_support import DELETED, MCP_PATH, MCP_SCOPE, McpUpstream, sdk_session, start_mcp_gateway, start_mcp_upstream
 from prometheus_client.parser import text_string_to_metric_families
 from support import Gateway
 
@@ -62,13 +60,7 @@ def gateway(upstream: McpUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
 async def session_calls(gw: Gateway, token: str, *calls: tuple[str, dict[str, Any]]) -> list[Any]:
     """One SDK session (initialize, then each call in turn); a refused call's result is its exception."""
     results: list[Any] = []
-    headers = {"Authorization": f"Bearer {token}"}
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=20) as http,
-        streamable_http_client(gw.proxy_url + MCP_PATH, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with sdk_session(gw.proxy_url + MCP_PATH, token) as session:
         for name, arguments in calls:
             try:
                 results.append(await session.call_tool(name, arguments))
@@ -93,12 +85,7 @@ def test_an_sdk_session_calls_what_its_rules_allow_and_is_refused_the_rest(gatew
 
 
 async def listings(gw: Gateway, token: str) -> dict[str, list[str]]:
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=20) as http,
-        streamable_http_client(gw.proxy_url + MCP_PATH, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
+    async with sdk_session(gw.proxy_url + MCP_PATH, token) as session:
         return {
             "tools": sorted(tool.name for tool in (await session.list_tools()).tools),
             "resources": sorted(str(r.uri) for r in (await session.list_resources()).resources),

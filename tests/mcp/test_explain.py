@@ -94,48 +94,18 @@ def test_the_route_decides_first_and_a_plain_route_says_it_has_no_rules(config_p
     assert plain["notes"] == ["route 'plain' has no mcp: block: any MCP message passes with the route's scopes"]
 
 
+def explain_cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "gateway", "explain", "--config", str(config_path), "POST", "/mcp", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_the_cli_prints_the_rule_and_exits_1_on_deny(config_path: Path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "explain",
-            "--config",
-            str(config_path),
-            "POST",
-            "/mcp",
-            "--scope",
-            "mcp crm.read",
-            "--mcp-tool",
-            "delete_customer",
-            "--mcp-arguments",
-            '{"region": "eu"}',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    arguments = '{"region": "eu"}'
+    done = explain_cli(
+        config_path, "--scope", "mcp crm.read", "--mcp-tool", "delete_customer", "--mcp-arguments", arguments
     )
     assert done.returncode == 1, done.stderr
     assert "reason: insufficient_scope: tool 'delete_customer' needs scopes crm.admin" in done.stdout
     assert "mcp:    tools/call delete_customer -> tools[1] (delete_customer)" in done.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "explain",
-            "--config",
-            str(config_path),
-            "POST",
-            "/mcp",
-            "--mcp-tool",
-            "t",
-            "--mcp-arguments",
-            "[1]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = explain_cli(config_path, "--mcp-tool", "t", "--mcp-arguments", "[1]")
     assert bad.returncode == 2 and "--mcp-arguments must be a JSON object" in bad.stderr
