@@ -24,6 +24,7 @@ INVALID_PARAMS = -32602
 HEADER_MISMATCH = -32020
 
 MAX_DEPTH = 64
+_ESCAPED_COLON = re.compile(rb"\\u003a", re.IGNORECASE)
 # Dot segments (`/../`, `/.` at the end), their encodings, encoded slashes, backslashes and controls.
 _AMBIGUOUS_URI = re.compile(r"(^|/)\.\.?(/|$|[?#])|%2e|%2f|%5c|\\|[\x00-\x1f\x7f]", re.IGNORECASE)
 # The method → (rule kind, the params field naming what the rule is about).
@@ -121,7 +122,8 @@ def parse_json(body: bytes) -> Any:
     # Walking the tree costs more than parsing it: only a body with that many brackets can be that deep.
     if body.count(b"{") + body.count(b"[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise _refused(f"nested deeper than {MAX_DEPTH} levels")
-    escaped_colon = b"\\u003a" in body or b"\\u003A" in body
+    # A one-byte search runs at memchr speed; most bodies have no backslash and skip the escape search.
+    escaped_colon = b"\\" in body and _ESCAPED_COLON.search(body) is not None
     if escaped_colon or body.count(b":") != orjson.dumps(value).count(b":"):
         try:
             json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jsonschema_rs
@@ -43,10 +43,16 @@ class Rule:
         return f"{self.kind}[{self.index}] ({self.glob})"
 
 
+# Names come from callers, so the memo of name → rule is bounded: past this many it starts over.
+_MEMO_SIZE = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class McpRules:
     max_message_bytes: int
     rules: dict[Kind, tuple[Rule, ...]]
+    # Agents call the same few tools over and over: matching each name against every glob once is enough.
+    _memo: dict[tuple[Kind, str], Rule | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, mcp: McpConfig) -> McpRules:
@@ -69,7 +75,16 @@ class McpRules:
         )
 
     def rule_for(self, kind: Kind, name: str) -> Rule | None:
-        return next((rule for rule in self.rules[kind] if rule.pattern.fullmatch(name)), None)
+        key = (kind, name)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        rule = next((rule for rule in self.rules[kind] if rule.pattern.fullmatch(name)), None)
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = rule
+        return rule
 
     def allows(self, kind: Kind, name: str, principal: Principal) -> bool:
         """Whether a listed tool, resource or prompt is one this principal may use (for filtered lists)."""
@@ -100,8 +115,8 @@ def decide(rules: McpRules, route_scopes: tuple[str, ...], message: McpMessage, 
     if named is None or message.name is None:
         return Verdict(True, "allowed", "needs only the route's scopes")
     kind = named[0]
-    what = f"{kind[:-1]} '{message.name}'"
     rule = rules.rule_for(kind, message.name)
+    what = f"{kind[:-1]} '{message.name}'"
     if rule is None:
         return Verdict(False, "no_matching_rule", f"no rule allows {what}")
     missing = [scope for scope in rule.scopes if scope not in principal.scopes]
