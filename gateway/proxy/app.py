@@ -87,10 +87,10 @@ class ProxyApp:
             event.required_scopes = " ".join(decision.route.scopes)
         route = permitted(decision)
         await self._admission.admit(snap, head, route, principal)
-        lists = None
+        read, lists = None, None
         if route.mcp is not None:
             assert principal is not None  # an MCP route is never public (RouteConfig refuses it)
-            receive, lists = await inspect_mcp(
+            read, lists = await inspect_mcp(
                 head, route, principal, receive, event, max_body_bytes=snap.config.proxy.max_body_bytes
             )
         upstream = snap.upstreams[route.upstream]
@@ -123,6 +123,7 @@ class ProxyApp:
             receive=receive,
             send=send,
             crossing=crossing,
+            read=read,
             lists=lists,
         )
 

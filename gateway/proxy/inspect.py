@@ -57,20 +57,6 @@ async def _read_body(head: RequestHead, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the forward step the body already read, then the client's own messages."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 def _refusal(verdict_reason: str, description: str, scopes: tuple[str, ...], message: McpMessage) -> Refusal:
     if verdict_reason == "insufficient_scope":
         # MCP clients step up on this challenge; the route's scopes come first, then the rule's.
@@ -126,9 +112,9 @@ async def inspect_mcp(
     event: AuditEvent,
     *,
     max_body_bytes: int,
-) -> tuple[Receive, ListFilter | None]:
-    """Decide one MCP request: the receive the forward step reads the (already checked) body from, and for a list
-    request the filter its answer goes through."""
+) -> tuple[bytes | None, ListFilter | None]:
+    """Decide one MCP request: the body it read and checked (None for a GET or DELETE, whose body the forward step
+    reads as usual), and for a list request the filter its answer goes through."""
     rules = route.mcp
     assert rules is not None
     if head.method != "POST":
@@ -138,7 +124,7 @@ async def inspect_mcp(
             _count(route.name, None, "none", False, "mcp_unexpected_body")
             raise Refusal(400, "invalid_request", f"an MCP {head.method} carries no body", reason="mcp_unexpected_body")
         # The GET stream may replay stored answers (Last-Event-ID), lists among them: they are filtered too.
-        return receive, ListFilter(None, None, rules, principal) if head.method == "GET" else None
+        return None, ListFilter(None, None, rules, principal) if head.method == "GET" else None
     limit = min(rules.max_message_bytes, max_body_bytes)
     try:
         content_type, mcp_methods, mcp_names = _mcp_headers(head)
@@ -164,4 +150,4 @@ async def inspect_mcp(
     lists = None
     if message.kind == "request" and message.method in LIST_METHODS:
         lists = ListFilter(message.method, message.id, rules, principal)
-    return _replaying(body, receive), lists
+    return body, lists

@@ -52,13 +52,18 @@ async def relay(
     receive: Receive,
     send: Send,
     crossing: Crossing,
+    read: bytes | None = None,
     lists: ListFilter | None = None,
 ) -> None:
-    """Send the stamped request to `upstream` and stream its answer to the agent (`lists`: an MCP list request's
-    answer, filtered on the way)."""
+    """Send the stamped request to `upstream` and stream its answer to the agent (`read`: a body already read
+    whole and checked, sent as it is; `lists`: an MCP list request's answer, filtered on the way)."""
     event = crossing.event
-    body_state = _BodyState(has_body)
-    body = _request_body(receive, limit, body_state) if has_body else None
+    body_state = _BodyState(has_body and read is None)
+    body: bytes | AsyncIterator[bytes] | None = read
+    if read is not None:
+        body_state.total = len(read)
+    elif has_body:
+        body = _request_body(receive, limit, body_state)
     upstream_started = time.perf_counter()
     # A client that goes away cancels the upstream call: a watcher cancels this task on http.disconnect.
     this_task = asyncio.current_task()
@@ -98,7 +103,7 @@ async def _exchange(
     method: str,
     target: bytes,
     headers: Headers,
-    body: AsyncIterator[bytes] | None,
+    body: bytes | AsyncIterator[bytes] | None,
     send: Send,
     crossing: Crossing,
     upstream_started: float,
