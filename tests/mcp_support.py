@@ -16,7 +16,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
-from support import Gateway, Seen, free_port, start_gateway, wait_until
+from support import Gateway, Seen, free_port, serve_in_thread, start_gateway
 from token_support import KeyPair, SecretAgent
 
 MCP_PATH = "/mcp"
@@ -136,14 +136,7 @@ def start_mcp_upstream(json_response: bool = False) -> tuple[McpUpstream, Callab
     server = uvicorn.Server(
         uvicorn.Config(_recording(app, upstream), host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, what="MCP server start")
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=10)
-
+    stop = serve_in_thread(server, "MCP server")
     return upstream, stop
 
 

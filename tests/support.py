@@ -154,6 +154,19 @@ def _upstream_app(up: Upstream) -> Callable[..., Any]:
     return app
 
 
+def serve_in_thread(server: uvicorn.Server, what: str) -> Callable[[], None]:
+    """Run a uvicorn server (on 127.0.0.1) in a daemon thread until it has started; returns what stops it."""
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, what=f"{what} start")
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return stop
+
+
 def start_upstream() -> tuple[Upstream, Callable[[], None]]:
     """Start a recording upstream on a free port; returns it and a function that stops it."""
     port = free_port()
@@ -163,14 +176,11 @@ def start_upstream() -> tuple[Upstream, Callable[[], None]]:
             _upstream_app(up), host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
         )
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, what="upstream start")
+    stop_server = serve_in_thread(server, "upstream")
 
     def stop() -> None:
         up.release.set()
-        server.should_exit = True
-        thread.join(timeout=10)
+        stop_server()
 
     return up, stop
 
