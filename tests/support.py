@@ -285,6 +285,26 @@ def start_gateway(
     ready: bool = True,
 ) -> Gateway:
     """`ready=False`: wait until the gateway is up (/healthz), not ready (/readyz), for tests of a broken setup."""
+    for _ in range(2):
+        try:
+            return _start_gateway(tmp, upstream_url, routes=routes, extra=extra, env=env, ready=ready)
+        except AssertionError as exc:
+            # A port free_port saw free can be taken before the gateway binds it (the machine's other services
+            # open connections from the same ephemeral range): fresh ports, once more.
+            if "Errno 98" not in str(exc):
+                raise
+    return _start_gateway(tmp, upstream_url, routes=routes, extra=extra, env=env, ready=ready)
+
+
+def _start_gateway(
+    tmp: Path,
+    upstream_url: str,
+    *,
+    routes: list[dict[str, Any]] | None,
+    extra: dict[str, Any] | None,
+    env: dict[str, str] | None,
+    ready: bool,
+) -> Gateway:
     proxy_port, issuer_port, admin_port = free_port(), free_port(), free_port()
     config: dict[str, Any] = {
         "version": 1,
