@@ -187,10 +187,7 @@ class AgentConfig(Model):
     def _secret_hash(cls, secret_hash: str | None) -> str | None:
         if secret_hash == "":
             return None  # `${AGENT_SECRET_HASH:-}` left unset: an agent without a secret
-        # Only a memory-hard hash: a plain secret pasted here by mistake must not become the secret's "hash".
-        if secret_hash is not None and not secret_hash.startswith("$argon2id$"):
-            raise ValueError("not an argon2id hash; make one with `tollbooth hash-secret` (reads the secret on stdin)")
-        return secret_hash
+        return None if secret_hash is None else _argon2id(secret_hash)
 
     @model_validator(mode="after")
     def _one_credential(self) -> AgentConfig:
@@ -206,6 +203,70 @@ class AgentConfig(Model):
             raise ValueError(f"default_scopes names {' '.join(outside)}, which `scopes` does not allow")
         if self.max_token_ttl is not None and self.max_token_ttl <= 0:
             raise ValueError("max_token_ttl must be positive")
+        return self
+
+
+def _argon2id(value: str) -> str:
+    # Only a memory-hard hash: a plain secret pasted here by mistake must not become the secret's "hash".
+    if not value.startswith("$argon2id$"):
+        raise ValueError("not an argon2id hash; make one with `tollbooth hash-secret` (reads the secret on stdin)")
+    return value
+
+
+_USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
+class LoginUserConfig(Model):
+    """An embedded account: a person who signs in on the token service's own page."""
+
+    password_hash: str
+    scopes: list[str] = Field(default_factory=list)  # the most this person may grant a client
+
+    @field_validator("password_hash")
+    @classmethod
+    def _password_hash(cls, value: str) -> str:
+        return _argon2id(value)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        return check_scopes(scopes)
+
+
+class LoginConfig(Model):
+    users: dict[str, LoginUserConfig] = Field(default_factory=dict)
+
+    @field_validator("users")
+    @classmethod
+    def _names(cls, users: dict[str, LoginUserConfig]) -> dict[str, LoginUserConfig]:
+        # The name becomes the token's `sub` and an identity header: header- and audit-safe text only.
+        for name in users:
+            if not _USERNAME.match(name):
+                raise ValueError(f"{name!r}: a user name is 1-64 letters, digits and . _ @ -")
+        return users
+
+
+class InteractiveConfig(Model):
+    """Clients a person runs (IDE and desktop MCP clients): authorization code with PKCE, sign-in and consent."""
+
+    client_metadata_documents: bool = True
+    dynamic_registration: bool = False
+    redirect_hosts: list[str] = Field(default_factory=lambda: ["*"])  # loopback is always allowed
+    scopes: list[str] = Field(default_factory=list)
+    max_token_ttl: Duration = 600
+    refresh_token_ttl: Duration = 30 * 86400
+    session_ttl: Duration = 8 * 3600
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        return check_scopes(scopes)
+
+    @model_validator(mode="after")
+    def _positive(self) -> InteractiveConfig:
+        for name in ("max_token_ttl", "refresh_token_ttl", "session_ttl"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
         return self
 
 
@@ -403,6 +464,9 @@ class Config(Model):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     trusted_issuers: list[TrustedIssuerConfig] = Field(default_factory=list)
+    login: LoginConfig = Field(default_factory=LoginConfig)
+    # Absent: no authorization endpoint (the token service serves agents only).
+    interactive: InteractiveConfig | None = None
     routes_file: str | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
 
