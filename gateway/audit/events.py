@@ -106,6 +106,8 @@ class AuditEvent:
     # MCP routes: the JSON-RPC method and the tool name, resource URI or prompt name it concerns.
     mcp_method: str = ""
     mcp_name: str = ""
+    # Token-service events: the grant type a token came from (authorization_code for a person's client).
+    grant: str = ""
     # A stable id so a replayed batch can skip what was already written (audit issue: idempotent replay).
     id: str = ""
 

@@ -22,8 +22,11 @@ from starlette.routing import Route
 from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
 from gateway.config import Config
+from gateway.issuer.client_documents import ClientDocuments
 from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, SecretChecker, claimed_client_id
+from gateway.issuer.codes import AuthorizationCodes
 from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService, grant_revoked
+from gateway.issuer.interactive import AUTHORIZATION_CODE, CONSENT_PATH, LOGIN_PATH, LOGOUT_PATH, Interactive
 from gateway.issuer.keystore import KeyStore
 from gateway.issuer.oauth import (
     MAX_FORM_BYTES,
@@ -35,6 +38,7 @@ from gateway.issuer.oauth import (
     parse_form,
     too_large,
 )
+from gateway.issuer.sessions import SignIns
 from gateway.issuer.subjects import SubjectVerifier
 from gateway.issuer.throttle import AuthThrottle
 from gateway.metrics import TOKEN_REQUESTS
@@ -66,7 +70,10 @@ def authorization_server_metadata(config: Config) -> dict[str, Any]:
     methods = list(AUTH_METHODS)
     algorithms = list(VERIFY_ALGORITHMS)
     scopes = sorted({scope for agent in config.agents.values() for scope in agent.scopes})
-    return {
+    interactive = config.interactive
+    if interactive is not None:
+        scopes = sorted({*scopes, *interactive.scopes})
+    document: dict[str, Any] = {
         "issuer": config.issuer.url,
         # RFC 8414 §2 lets a server without authorization-endpoint grants omit this, but MCP clients (the `mcp`
         # SDK's OAuthMetadata) refuse metadata without it; the endpoint exists and refuses every request (authorize).
@@ -87,6 +94,16 @@ def authorization_server_metadata(config: Config) -> dict[str, Any]:
         "introspection_endpoint_auth_signing_alg_values_supported": algorithms,
         "resource_indicators_supported": True,
     }
+    if interactive is not None:
+        # DESIGN.md, "Interactive clients": what people's MCP clients look for before sending anyone to sign in.
+        document["response_types_supported"] = ["code"]
+        document["response_modes_supported"] = ["query"]
+        document["code_challenge_methods_supported"] = ["S256"]
+        document["grant_types_supported"] = [*GRANT_TYPES, AUTHORIZATION_CODE]
+        document["token_endpoint_auth_methods_supported"] = [*methods, "none"]
+        document["client_id_metadata_document_supported"] = interactive.client_metadata_documents
+        document["authorization_response_iss_parameter_supported"] = True
+    return document
 
 
 def _audit_name(value: str | None) -> str:
@@ -105,6 +122,7 @@ class _Parts:
     config: Config
     clients: ClientRegistry
     tokens: TokenService
+    interactive: Interactive | None
 
 
 class IssuerApp:
@@ -129,10 +147,17 @@ class IssuerApp:
         self._parts: _Parts | None = None
         self._secrets = SecretChecker()  # outlives reloads: its cache is keyed by the stored hash
         self._throttle = AuthThrottle(limiter if limiter is not None else LocalRateLimiter())
+        # People's sign-ins, pending requests, codes and fetched client documents outlive a config reload.
+        self._sign_ins: SignIns | None = None
+        self._codes = AuthorizationCodes(clock=clock)
+        self._documents = ClientDocuments()
         self.app = Starlette(
             routes=[
                 Route(TOKEN_PATH, self.token, methods=["POST"]),
                 Route(AUTHORIZE_PATH, self.authorize, methods=["GET", "POST"]),
+                Route(LOGIN_PATH, self.login, methods=["POST"]),
+                Route(CONSENT_PATH, self.consent, methods=["POST"]),
+                Route(LOGOUT_PATH, self.logout, methods=["POST"]),
                 Route(REVOKE_PATH, self.revoke, methods=["POST"]),
                 Route(INTROSPECT_PATH, self.introspect, methods=["POST"]),
                 Route(JWKS_PATH, self.jwks, methods=["GET", "HEAD"]),
@@ -149,6 +174,7 @@ class IssuerApp:
         if self._owns_jwks:
             await self._jwks.aclose()
         self._secrets.close()
+        await self._documents.aclose()
 
     def _current(self) -> _Parts:
         config = self._config()
@@ -172,8 +198,28 @@ class IssuerApp:
                     subjects=subjects,
                     clock=self._clock,
                 ),
+                interactive=self._interactive(config),
             )
         return self._parts
+
+    def _interactive(self, config: Config) -> Interactive | None:
+        if config.interactive is None:
+            return None
+        if self._sign_ins is None:
+            self._sign_ins = SignIns(session_ttl=config.interactive.session_ttl, clock=self._clock)
+        return Interactive(
+            config=config,
+            settings=config.interactive,
+            signing_key=lambda: self._keys().active,
+            state=self._state,
+            documents=self._documents,
+            sessions=self._sign_ins,
+            codes=self._codes,
+            secrets=self._secrets,
+            throttle=self._throttle,
+            emit=self._audit.emit,
+            clock=self._clock,
+        )
 
     def _subject_verifier(self, config: Config) -> SubjectVerifier:
         # The trusted issuers' JWKS caches live in self._jwks, so they stay warm across reloads.
@@ -249,6 +295,14 @@ class IssuerApp:
     async def token(self, request: Request) -> Response:
         started = time.perf_counter()
         client: Client | None = None
+        interactive = self._current().interactive
+        if interactive is not None:
+            try:
+                code_grant = (await _read_form(request)).get("grant_type") == AUTHORIZATION_CODE
+            except OAuthError as error:
+                return self._refused(request, started, error, None)
+            if code_grant:
+                return await self._code_grant(request, started, interactive)
         try:
             parts, form, client = await self._authenticated(request, TOKEN_PATH)
             issued = await parts.tokens.grant(client, form)
@@ -257,6 +311,19 @@ class IssuerApp:
         except StateUnavailable as exc:
             return self._refused(request, started, _unavailable(exc), client)
         event = self._issued_event(request, started, issued, client.id)
+        return self._answer(event, JSONResponse(issued.response(), headers=NO_STORE))
+
+    async def _code_grant(self, request: Request, started: float, interactive: Interactive) -> Response:
+        """A person's client redeeming its code: a public client (no secret on a person's device), proven by the
+        PKCE verifier bound to the code instead."""
+        try:
+            issued = await interactive.exchange(await _read_form(request))
+        except OAuthError as error:
+            return self._refused(request, started, error, None)
+        except StateUnavailable as exc:
+            return self._refused(request, started, _unavailable(exc), None)
+        event = self._issued_event(request, started, issued, issued.claims["client_id"])
+        event.grant = AUTHORIZATION_CODE
         return self._answer(event, JSONResponse(issued.response(), headers=NO_STORE))
 
     def _issued_event(self, request: Request, started: float, issued: Issued, agent: str) -> AuditEvent:
@@ -275,11 +342,12 @@ class IssuerApp:
         )
 
     async def authorize(self, request: Request) -> Response:
-        """RFC 6749 §3.1: agents never come here; there is no response type to grant and no one to log in.
-
-        Answered to the caller, never by redirect: no agent registers a redirect URI, and §4.1.2.1 forbids
-        redirecting to one that is not registered (it would make this an open redirector, RFC 9700 §4.11).
-        """
+        """RFC 6749 §3.1. Without `interactive:` in the config there is no response type to grant and no one to
+        sign in: answered to the caller, never by redirect (no client registered a redirect URI here, and
+        §4.1.2.1 forbids redirecting to one that is not registered: RFC 9700 §4.11's open redirector)."""
+        interactive = self._current().interactive
+        if interactive is not None and request.method == "GET":
+            return await interactive.authorize(request)
         token_endpoint = endpoint(self._config(), TOKEN_PATH)
         return error_response(
             OAuthError(
@@ -288,6 +356,23 @@ class IssuerApp:
                 "(client_credentials, or token exchange to act for a user)",
             )
         )
+
+    async def login(self, request: Request) -> Response:
+        return await self._page(request, "login")
+
+    async def consent(self, request: Request) -> Response:
+        return await self._page(request, "consent")
+
+    async def logout(self, request: Request) -> Response:
+        return await self._page(request, "logout")
+
+    async def _page(self, request: Request, name: str) -> Response:
+        interactive = self._current().interactive
+        if interactive is None:
+            return Response(status_code=404)
+        handler: Callable[[Request], Any] = getattr(interactive, name)
+        response: Response = await handler(request)
+        return response
 
     async def revoke(self, request: Request) -> Response:
         """RFC 7009 §2: 200 with an empty body whether or not the token was known (§2.2)."""
@@ -410,7 +495,11 @@ class IssuerApp:
 
 
 async def _read_form(request: Request) -> Form:
-    """The request's form parameters, read only up to the size limit (the endpoints take unauthenticated bodies)."""
+    """The request's form parameters, read only up to the size limit (the endpoints take unauthenticated bodies);
+    read once per request."""
+    cached: Form | None = getattr(request.state, "form", None)
+    if cached is not None:
+        return cached
     content_type = request.headers.get("content-type")
     check_form_head(content_type, request.headers.get("content-length"))
     body = bytearray()
@@ -418,7 +507,9 @@ async def _read_form(request: Request) -> Form:
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise too_large()
-    return parse_form(content_type, bytes(body))
+    form = parse_form(content_type, bytes(body))
+    request.state.form = form
+    return form
 
 
 def _throttled(wait: int) -> OAuthError:

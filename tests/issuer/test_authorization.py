@@ -8,6 +8,7 @@ import hashlib
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from support import Clock
 
 from gateway.issuer.authorization import (
     AuthorizationRequest,
@@ -156,14 +157,6 @@ def test_the_redirect_keeps_the_clients_own_query_and_adds_code_and_state():
     assert parse_qs(parts.query) == {"tenant": ["7"], "code": ["c&d"], "state": ["s t"]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def issued(clock: Clock) -> tuple[AuthorizationCodes, str]:
     codes = AuthorizationCodes(clock=clock)
     request = authorization_request(good(), CLIENT, LOOPBACK, PUBLIC)
@@ -171,7 +164,7 @@ def issued(clock: Clock) -> tuple[AuthorizationCodes, str]:
 
 
 def test_a_code_redeems_once_for_its_client_redirect_and_verifier():
-    codes, code = issued(Clock())
+    codes, code = issued(Clock(1000.0))
     grant = codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
     assert (grant.subject, grant.scopes, grant.request.resource) == ("alice", ("crm.read",), PUBLIC)
     codes.record_issued(code, "jti-1")
@@ -193,7 +186,7 @@ def test_a_code_redeems_once_for_its_client_redirect_and_verifier():
 def test_a_code_presented_with_anything_else_is_refused_and_spent(
     client_id: str, redirect_uri: str | None, verifier: str | None, reason: str
 ):
-    codes, code = issued(Clock())
+    codes, code = issued(Clock(1000.0))
     with pytest.raises(OAuthError) as refused:
         codes.redeem(code, client_id=client_id, redirect_uri=redirect_uri, verifier=verifier)
     assert (refused.value.error, refused.value.reason) == ("invalid_grant", reason)
@@ -203,7 +196,7 @@ def test_a_code_presented_with_anything_else_is_refused_and_spent(
 
 
 def test_a_code_expires_after_sixty_seconds_and_an_unknown_code_is_refused():
-    clock = Clock()
+    clock = Clock(1000.0)
     codes, code = issued(clock)
     clock.now += 61
     with pytest.raises(OAuthError) as expired:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from support import Clock
 
 from gateway.config import AuthFailureLimits
 from gateway.issuer.clients import claimed_client_id
@@ -22,17 +23,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

@@ -1,0 +1,315 @@
+"""People's clients: the authorization code flow with PKCE, sign-in and consent (DESIGN.md, "Interactive clients").
+
+GET /oauth/authorize checks the request (authorization.py), holds it, and shows the sign-in page or, for a person
+already signed in, the consent page. POST /login and POST /consent move it on; an approval redirects to the client
+with a code (codes.py), which the token endpoint exchanges for a token whose `sub` is the person and whose `act` is
+the client: the client acts for the person. Only the I/O lives here; the decisions are in authorization.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from gateway.audit.events import AuditEvent
+from gateway.config import Config, InteractiveConfig
+from gateway.issuer.authorization import (
+    PageError,
+    RedirectError,
+    authorization_request,
+    client_and_redirect,
+    redirect_host_allowed,
+    redirect_with,
+)
+from gateway.issuer.client_documents import ClientDocument, ClientDocumentError, ClientDocuments, is_document_client_id
+from gateway.issuer.clients import SecretChecker
+from gateway.issuer.codes import AuthorizationCodes, CodeReplayed
+from gateway.issuer.grants import Issued, nest_act
+from gateway.issuer.oauth import Form, OAuthError, parse_form
+from gateway.issuer.pages import error_page, form_target, page
+from gateway.issuer.sessions import Pending, SignIn, SignIns, csrf_ok
+from gateway.issuer.throttle import AuthThrottle
+from gateway.state import SharedState
+from gateway.tokens.access_token import mint_access_token
+from gateway.tokens.jwk import SigningKey
+
+log = logging.getLogger("tollbooth.issuer")
+
+AUTHORIZATION_CODE = "authorization_code"
+LOGIN_PATH = "/login"
+CONSENT_PATH = "/consent"
+LOGOUT_PATH = "/logout"
+MAX_PAGE_FORM = 8 * 1024
+
+
+def granted_scopes(requested: tuple[str, ...], offered: list[str], person: tuple[str, ...]) -> tuple[str, ...]:
+    """DESIGN.md: requested ∩ `interactive.scopes` ∩ what the person may grant; nothing requested asks for all."""
+    wanted = requested or tuple(offered)
+    return tuple(scope for scope in wanted if scope in offered and scope in person)
+
+
+def cookie_secure(issuer_url: str) -> bool:
+    """Secure unless the issuer is plain http on a loopback IP literal (a developer's machine)."""
+    parts = urlsplit(issuer_url)
+    if parts.scheme != "http":
+        return True
+    try:
+        return not ipaddress.ip_address((parts.hostname or "").strip("[]")).is_loopback
+    except ValueError:
+        return True
+
+
+@dataclass
+class Interactive:
+    """The pages and the code grant; rebuilt with the config (its sessions and codes are carried over)."""
+
+    config: Config
+    settings: InteractiveConfig
+    signing_key: Callable[[], SigningKey]
+    state: SharedState
+    documents: ClientDocuments
+    sessions: SignIns
+    codes: AuthorizationCodes
+    secrets: SecretChecker
+    throttle: AuthThrottle
+    emit: Callable[[AuditEvent], bool]
+    clock: Callable[[], float] = time.time
+
+    @property
+    def cookie(self) -> str:
+        # `__Host-` makes browsers refuse the cookie unless it is Secure, host-only and for path / (RFC 6265bis).
+        return "__Host-tollbooth-session" if cookie_secure(self.config.issuer.url) else "tollbooth-session"
+
+    def _path(self, path: str) -> str:
+        return urlsplit(self.config.issuer.url).path.rstrip("/") + path
+
+    def _audit(self, request: Request, kind: str, status: int, **fields: Any) -> None:
+        self.emit(
+            AuditEvent(
+                event=kind,
+                ts=time.time(),
+                client_ip=request.client.host if request.client else "",
+                method=request.method,
+                path=request.url.path,
+                status=status,
+                **fields,
+            )
+        )
+
+    async def _client(self, client_id: str | None) -> ClientDocument | None:
+        if client_id is None or not (self.settings.client_metadata_documents and is_document_client_id(client_id)):
+            return None
+        return await self.documents.fetch(client_id)
+
+    # GET /oauth/authorize ------------------------------------------------------------------------------------------
+
+    async def authorize(self, request: Request) -> Response:
+        params = parse_qs(request.url.query, keep_blank_values=True)
+        claimed = _first(params, "client_id")
+        try:
+            document = await self._client(claimed)
+            client_id, redirect_uri = client_and_redirect(params, document.redirect_uris if document else None)
+            if not redirect_host_allowed(redirect_uri, self.settings.redirect_hosts):
+                raise PageError("invalid_request", "the redirect_uri's host is not allowed here", "redirect_host")
+        except ClientDocumentError as exc:
+            self._audit(request, "authorize.denied", 400, agent=_bounded(claimed), reason=exc.reason)
+            return error_page("invalid_client", f"the client's metadata document could not be used: {exc.description}")
+        except PageError as exc:
+            self._audit(request, "authorize.denied", 400, agent=_bounded(claimed), reason=exc.reason)
+            return error_page(exc.error, exc.description)
+        assert document is not None
+        if document.token_endpoint_auth_method != "none":  # noqa: S105 (a method name, not a secret)
+            # Keys for private_key_jwt would come from the document's jwks; only public clients are taken so far.
+            self._audit(request, "authorize.denied", 400, agent=client_id, reason="client_auth_method")
+            return error_page("invalid_client", "only public clients (token_endpoint_auth_method none) sign in here")
+        try:
+            checked = authorization_request(params, client_id, redirect_uri, self.config.proxy.public_url)
+        except RedirectError as exc:
+            self._audit(request, "authorize.denied", 302, agent=client_id, reason=exc.reason)
+            state = _first(params, "state")
+            return self._back(redirect_uri, error=exc.error, error_description=exc.description, state=state)
+        key, pending = self.sessions.hold(checked, document.client_name or urlsplit(client_id).hostname or client_id)
+        signed_in = self.sessions.session(request.cookies.get(self.cookie))
+        if signed_in is not None:
+            return self._consent_page(key, pending, signed_in)
+        return self._login_page(key, pending)
+
+    def _back(self, redirect_uri: str, **values: str | None) -> Response:
+        # RFC 9207: `iss` tells the client which server answered, against mix-up attacks.
+        target = redirect_with(redirect_uri, {**values, "iss": self.config.issuer.url})
+        return RedirectResponse(target, status_code=303, headers={"cache-control": "no-store"})
+
+    def _login_page(
+        self, key: str, pending: Pending, error: str = "", username: str = "", status: int = 200
+    ) -> Response:
+        return page(
+            "login.html",
+            status,
+            title="Sign in",
+            action=self._path(LOGIN_PATH),
+            csrf=pending.csrf,
+            request_id=key,
+            client_name=pending.client_name,
+            client_host=urlsplit(pending.request.client_id).hostname or "",
+            error=error,
+            username=username,
+        )
+
+    def _consent_page(self, key: str, pending: Pending, signed_in: SignIn) -> Response:
+        request = pending.request
+        scopes = granted_scopes(request.scopes, self.settings.scopes, signed_in.scopes)
+        return page(
+            "consent.html",
+            title="Allow access",
+            form_targets=(form_target(request.redirect_uri),),
+            action=self._path(CONSENT_PATH),
+            logout=self._path(LOGOUT_PATH),
+            csrf=signed_in.csrf,
+            request_id=key,
+            client_name=pending.client_name,
+            client_host=urlsplit(request.client_id).hostname or "",
+            redirect_host=urlsplit(request.redirect_uri).netloc or request.redirect_uri.split(":", 1)[0],
+            subject=signed_in.subject,
+            scopes=scopes,
+        )
+
+    # POST /login ---------------------------------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        form = await _page_form(request)
+        if form is None:
+            return error_page("invalid_request", "the sign-in form could not be read")
+        key = form.get("request")
+        pending = self.sessions.pending(key)
+        if pending is None or key is None:
+            return error_page("invalid_request", "this sign-in has expired: start again from the application", 400)
+        if not csrf_ok(form.get("csrf"), pending.csrf):
+            return error_page("invalid_request", "the sign-in form was not sent from this page", 403)
+        username = (form.get("username") or "")[:64]
+        address = request.client.host if request.client else ""
+        account = f"login:{username}"
+        wait = self.throttle.retry_after(address, account)
+        if wait is not None:
+            self._audit(
+                request, "login.failed", 429, subject=username, agent=pending.request.client_id, reason="throttled"
+            )
+            return self._login_page(key, pending, f"Too many attempts. Try again in {wait} seconds.", username, 429)
+        user = self.config.login.users.get(username)
+        if not await self.secrets.matches(user.password_hash if user else None, form.get("password") or ""):
+            await self.throttle.failed(address, account, self.config.issuer.auth_failure_limits)
+            self._audit(
+                request, "login.failed", 401, subject=username, agent=pending.request.client_id, reason="bad_password"
+            )
+            return self._login_page(key, pending, "The username or password is not right.", username, 401)
+        assert user is not None
+        cookie, signed_in = self.sessions.start(username, tuple(user.scopes))
+        self._audit(request, "login.succeeded", 200, subject=username, agent=pending.request.client_id)
+        response = self._consent_page(key, pending, signed_in)
+        response.set_cookie(
+            self.cookie,
+            cookie,
+            max_age=int(self.settings.session_ttl),
+            path="/",
+            secure=cookie_secure(self.config.issuer.url),
+            httponly=True,
+            samesite="lax",
+        )
+        return response
+
+    # POST /consent -------------------------------------------------------------------------------------------------
+
+    async def consent(self, request: Request) -> Response:
+        form = await _page_form(request)
+        signed_in = self.sessions.session(request.cookies.get(self.cookie))
+        if form is None or signed_in is None:
+            return error_page("access_denied", "you are not signed in here any more: start again from the application")
+        if not csrf_ok(form.get("csrf"), signed_in.csrf):
+            return error_page("invalid_request", "the consent form was not sent from this page", 403)
+        pending = self.sessions.decided(form.get("request"))
+        if pending is None:
+            return error_page("invalid_request", "this request has expired: start again from the application")
+        checked = pending.request
+        if form.get("decision") != "approve":
+            self._audit(request, "consent.denied", 303, subject=signed_in.subject, agent=checked.client_id)
+            return self._back(checked.redirect_uri, error="access_denied", state=checked.state)
+        scopes = granted_scopes(checked.scopes, self.settings.scopes, signed_in.scopes)
+        code = self.codes.issue(checked, signed_in.subject, scopes)
+        self._audit(
+            request,
+            "consent.granted",
+            303,
+            subject=signed_in.subject,
+            agent=checked.client_id,
+            granted_scopes=" ".join(scopes),
+        )
+        return self._back(checked.redirect_uri, code=code, state=checked.state)
+
+    # POST /logout --------------------------------------------------------------------------------------------------
+
+    async def logout(self, request: Request) -> Response:
+        form = await _page_form(request)
+        cookie = request.cookies.get(self.cookie)
+        signed_in = self.sessions.session(cookie)
+        if signed_in is not None and form is not None and csrf_ok(form.get("csrf"), signed_in.csrf):
+            self.sessions.end(cookie)
+        response = error_page("access_denied", "You are signed out. You can close this page.", 200)
+        response.delete_cookie(self.cookie, path="/", secure=cookie_secure(self.config.issuer.url), httponly=True)
+        return response
+
+    # The token endpoint's authorization_code grant ----------------------------------------------------------------
+
+    async def exchange(self, form: Form) -> Issued:
+        """A public client's code → an access token for the person, with the client as actor."""
+        client_id = form.require("client_id")
+        code = form.require("code")
+        try:
+            grant = self.codes.redeem(
+                code, client_id=client_id, redirect_uri=form.get("redirect_uri"), verifier=form.get("code_verifier")
+            )
+        except CodeReplayed as replayed:
+            # RFC 6749 §4.1.2: a code used twice revokes what it issued; one holder of the code is an attacker.
+            for jti in replayed.issued:
+                await self.state.revoke_jti(jti, self.clock() + self.settings.max_token_ttl)
+            raise
+        token, claims = mint_access_token(
+            self.signing_key(),
+            issuer=self.config.issuer.url,
+            audience=grant.request.resource,
+            subject=grant.subject,
+            client_id=client_id,
+            scopes=grant.scopes,
+            ttl=min(self.settings.max_token_ttl, self.config.issuer.access_token_ttl),
+            act=nest_act(client_id, None),
+        )
+        self.codes.record_issued(code, claims["jti"])
+        return Issued(token, claims, refresh_token=None, exchanged=False, event="token.issued")
+
+
+def _first(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+def _bounded(value: str | None) -> str:
+    return "".join(c for c in (value or "")[:128] if c.isprintable())
+
+
+async def _page_form(request: Request) -> Form | None:
+    """A page's form, or None when it is not one (wrong type, too large, malformed)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_PAGE_FORM:
+            return None
+    try:
+        return parse_form(request.headers.get("content-type"), body)
+    except OAuthError:
+        return None

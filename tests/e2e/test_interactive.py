@@ -1,0 +1,215 @@
+"""A person's client end to end over real sockets: a Client ID Metadata Document served on loopback, the
+authorization request, the sign-in and consent pages, the code exchanged with PKCE, and a proxy call on which the
+upstream sees the client acting for the person. Every refusal on the way issues nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import jwt
+import pytest
+import uvicorn
+from argon2 import PasswordHasher
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from support import Gateway, Upstream, free_port, serve_in_thread, start_gateway
+
+PASSWORD = "correct horse battery staple"
+CALLBACK = "http://127.0.0.1/callback"  # registered without a port: RFC 8252 §7.3 lets any port match
+
+
+@dataclass
+class ClientHost:
+    url: str  # the client_id: the document's own URL
+    fetched: list[str]
+
+
+@pytest.fixture(scope="module")
+def client_host() -> Iterator[ClientHost]:
+    """Serves the client's metadata document, recording each fetch."""
+    port = free_port()
+    host = ClientHost(f"http://127.0.0.1:{port}/oauth/client.json", [])
+
+    async def document(request: Request) -> Response:
+        host.fetched.append(request.url.path)
+        return JSONResponse(
+            {
+                "client_id": host.url,
+                "client_name": "Test IDE",
+                "redirect_uris": [CALLBACK],
+                "token_endpoint_auth_method": "none",
+            }
+        )
+
+    app = Starlette(routes=[Route("/oauth/client.json", document)])
+    stop = serve_in_thread(
+        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")), "client host"
+    )
+    yield host
+    stop()
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: Upstream, client_host: ClientHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = start_gateway(
+        tmp_path_factory.mktemp("interactive"),
+        upstream.url,
+        extra={
+            "login": {"users": {"alice": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]}}},
+            "interactive": {"scopes": ["crm.read", "crm.write"]},
+        },
+    )
+    yield gateway
+    gateway.stop()
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def field(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no {name} field in the page:\n{html}"
+    return found.group(1)
+
+
+def authorize_params(client_id: str, challenge: str, **extra: str) -> dict[str, str]:
+    return {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": "http://127.0.0.1:50123/callback",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "st-1",
+        "scope": "crm.read crm.write",
+        **extra,
+    }
+
+
+def sign_in(
+    browser: httpx2.Client, gw: Gateway, client_id: str, challenge: str, password: str = PASSWORD
+) -> httpx2.Response:
+    page = browser.get(f"{gw.issuer_url}/oauth/authorize", params=authorize_params(client_id, challenge))
+    assert page.status_code == 200, page.text
+    assert "Test IDE" in page.text and "127.0.0.1" in page.text
+    form = {
+        "csrf": field(page.text, "csrf"),
+        "request": field(page.text, "request"),
+        "username": "alice",
+        "password": password,
+    }
+    return browser.post(f"{gw.issuer_url}/login", data=form)
+
+
+def redeem(gw: Gateway, code: str, client_id: str, verifier: str) -> httpx2.Response:
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": client_id,
+        "redirect_uri": "http://127.0.0.1:50123/callback",
+        "code_verifier": verifier,
+    }
+    return httpx2.post(f"{gw.issuer_url}/oauth/token", data=form)
+
+
+def test_a_person_signs_in_consents_and_the_client_acts_for_them(
+    gw: Gateway, client_host: ClientHost, upstream: Upstream
+):
+    verifier, challenge = pkce()
+    with httpx2.Client(follow_redirects=False) as browser:
+        consent = sign_in(browser, gw, client_host.url, challenge)
+        assert consent.status_code == 200, consent.text
+        assert consent.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in consent.headers["content-security-policy"]
+        cookie = consent.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+        # The page names the client, its host, the redirect host and each scope granted (alice may not write).
+        assert "Test IDE" in consent.text and "127.0.0.1:50123" in consent.text
+        assert "crm.read" in consent.text and "crm.write" not in consent.text
+        decision = browser.post(
+            f"{gw.issuer_url}/consent",
+            data={
+                "csrf": field(consent.text, "csrf"),
+                "request": field(consent.text, "request"),
+                "decision": "approve",
+            },
+        )
+    assert decision.status_code == 303
+    back = urlsplit(decision.headers["location"])
+    query = parse_qs(back.query)
+    assert (back.netloc, back.path) == ("127.0.0.1:50123", "/callback")
+    assert query["state"] == ["st-1"] and query["iss"] == [gw.issuer_url]
+    token = redeem(gw, query["code"][0], client_host.url, verifier)
+    assert token.status_code == 200, token.text
+    body = token.json()
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert (claims["sub"], claims["client_id"], claims["aud"]) == ("alice", client_host.url, gw.proxy_url)
+    assert claims["act"] == {"sub": client_host.url} and body["scope"] == "crm.read"
+    answer = httpx2.get(f"{gw.proxy_url}/v1/on-behalf", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert answer.status_code == 200, answer.text
+    seen = upstream.last()
+    assert seen.header("x-tollbooth-subject") == "alice" and seen.header("x-tollbooth-agent") == client_host.url
+    # Never the person's token upstream: the upstream's own credential instead.
+    assert seen.header("authorization") == "Bearer upstream-secret"
+    event = gw.wait_audit(lambda e: e["event"] == "token.issued" and e.get("grant") == "authorization_code")
+    assert event["subject"] == "alice" and event["agent"] == client_host.url
+    # The same code again: refused, and the token it issued is revoked.
+    again = redeem(gw, query["code"][0], client_host.url, verifier)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    refused = httpx2.get(f"{gw.proxy_url}/v1/on-behalf", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert refused.status_code == 401
+
+
+def test_a_wrong_password_shows_the_form_again_and_issues_nothing(gw: Gateway, client_host: ClientHost):
+    _, challenge = pkce()
+    with httpx2.Client(follow_redirects=False) as browser:
+        answer = sign_in(browser, gw, client_host.url, challenge, password="wrong")
+    assert answer.status_code == 401 and "not right" in answer.text and "set-cookie" not in answer.headers
+    gw.wait_audit(lambda e: e["event"] == "login.failed" and e.get("subject") == "alice")
+
+
+def test_an_unregistered_redirect_uri_is_shown_on_a_page_never_redirected(gw: Gateway, client_host: ClientHost):
+    _, challenge = pkce()
+    params = authorize_params(client_host.url, challenge, redirect_uri="https://evil.example/cb")
+    answer = httpx2.get(f"{gw.issuer_url}/oauth/authorize", params=params)
+    assert answer.status_code == 400 and "location" not in answer.headers
+    assert answer.headers["content-type"].startswith("text/html")
+
+
+def test_a_request_without_pkce_goes_back_to_the_client_with_an_error(gw: Gateway, client_host: ClientHost):
+    params = authorize_params(client_host.url, "")
+    answer = httpx2.get(f"{gw.issuer_url}/oauth/authorize", params=params)
+    assert answer.status_code == 303
+    query = parse_qs(urlsplit(answer.headers["location"]).query)
+    assert query["error"] == ["invalid_request"] and query["state"] == ["st-1"]
+
+
+def test_a_consent_post_without_the_sessions_csrf_is_refused(gw: Gateway, client_host: ClientHost):
+    _, challenge = pkce()
+    with httpx2.Client(follow_redirects=False) as browser:
+        consent = sign_in(browser, gw, client_host.url, challenge)
+        forged = browser.post(
+            f"{gw.issuer_url}/consent",
+            data={"csrf": "forged", "request": field(consent.text, "request"), "decision": "approve"},
+        )
+    assert forged.status_code == 403 and "location" not in forged.headers
+
+
+def test_the_metadata_advertises_the_code_flow(gw: Gateway):
+    metadata = httpx2.get(f"{gw.issuer_url}/.well-known/oauth-authorization-server").json()
+    assert metadata["response_types_supported"] == ["code"]
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert "authorization_code" in metadata["grant_types_supported"]
+    assert "none" in metadata["token_endpoint_auth_methods_supported"]
+    assert metadata["client_id_metadata_document_supported"] is True
