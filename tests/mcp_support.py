@@ -153,13 +153,17 @@ def mcp_routes() -> list[dict[str, Any]]:
     ]
 
 
-def start_mcp_gateway(tmp: Path, upstream: McpUpstream, routes: list[dict[str, Any]] | None = None) -> Gateway:
-    """A gateway whose only route is the MCP endpoint, with a private_key_jwt agent and a secret agent."""
+def start_mcp_gateway(
+    tmp: Path, upstream: McpUpstream, routes: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None
+) -> Gateway:
+    """A gateway whose only route is the MCP endpoint, with a private_key_jwt agent and a secret agent (`extra`:
+    more top-level config sections)."""
     return start_gateway(
         tmp,
         upstream.url,
         routes=routes or mcp_routes(),
         extra={
+            **(extra or {}),
             "upstreams": {
                 # Longer than the default test upstream's 2 s: the GET stream stays quiet between events.
                 "mcp": {"url": upstream.url, "timeout": "60s", "headers": {"Authorization": "${MCP_UPSTREAM_AUTH}"}}

@@ -246,6 +246,11 @@ class LoginConfig(Model):
         return users
 
 
+class TlsConfig(Model):
+    # Outbound HTTPS (client metadata documents, identity providers) trusts the system store plus this CA bundle.
+    ca_file: str | None = None
+
+
 class InteractiveConfig(Model):
     """Clients a person runs (IDE and desktop MCP clients): authorization code with PKCE, sign-in and consent."""
 
@@ -464,6 +469,7 @@ class Config(Model):
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     trusted_issuers: list[TrustedIssuerConfig] = Field(default_factory=list)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
     # Absent: no authorization endpoint (the token service serves agents only).
     interactive: InteractiveConfig | None = None

@@ -150,7 +150,8 @@ class IssuerApp:
         # People's sign-ins, pending requests, codes and fetched client documents outlive a config reload.
         self._sign_ins: SignIns | None = None
         self._codes = AuthorizationCodes(clock=clock)
-        self._documents = ClientDocuments()
+        self._documents: ClientDocuments | None = None
+        self._retired: list[ClientDocuments] = []  # replaced when tls.ca_file changed; closed with the app
         self.app = Starlette(
             routes=[
                 Route(TOKEN_PATH, self.token, methods=["POST"]),
@@ -174,7 +175,8 @@ class IssuerApp:
         if self._owns_jwks:
             await self._jwks.aclose()
         self._secrets.close()
-        await self._documents.aclose()
+        for documents in [*self._retired, *([self._documents] if self._documents else [])]:
+            await documents.aclose()
 
     def _current(self) -> _Parts:
         config = self._config()
@@ -207,6 +209,11 @@ class IssuerApp:
             return None
         if self._sign_ins is None:
             self._sign_ins = SignIns(session_ttl=config.interactive.session_ttl, clock=self._clock)
+        if self._documents is None or self._documents.ca_file != config.tls.ca_file:
+            # The old cache's documents were fetched under the old trust: start afresh.
+            if self._documents is not None:
+                self._retired.append(self._documents)
+            self._documents = ClientDocuments(ca_file=config.tls.ca_file)
         return Interactive(
             config=config,
             settings=config.interactive,

@@ -262,6 +262,7 @@ class ClientDocuments:
         clock: Callable[[], float] = time.time,
         allow_loopback: bool = True,
     ) -> None:
+        self.ca_file = ca_file
         self._timeout = timeout
         self._max_bytes = max_bytes
         self._clock = clock
