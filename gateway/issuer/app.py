@@ -305,11 +305,11 @@ class IssuerApp:
         interactive = self._current().interactive
         if interactive is not None:
             try:
-                code_grant = (await _read_form(request)).get("grant_type") == AUTHORIZATION_CODE
+                form = await _read_form(request)
             except OAuthError as error:
                 return self._refused(request, started, error, None)
-            if code_grant:
-                return await self._code_grant(request, started, interactive)
+            if _public_client_grant(form, request.headers.get("authorization"), self._config()):
+                return await self._code_grant(request, started, interactive, form)
         try:
             parts, form, client = await self._authenticated(request, TOKEN_PATH)
             issued = await parts.tokens.grant(client, form)
@@ -320,17 +320,20 @@ class IssuerApp:
         event = self._issued_event(request, started, issued, client.id)
         return self._answer(event, JSONResponse(issued.response(), headers=NO_STORE))
 
-    async def _code_grant(self, request: Request, started: float, interactive: Interactive) -> Response:
-        """A person's client redeeming its code: a public client (no secret on a person's device), proven by the
-        PKCE verifier bound to the code instead."""
+    async def _code_grant(self, request: Request, started: float, interactive: Interactive, form: Form) -> Response:
+        """A person's client redeeming its code or refresh token: a public client (no secret on a person's
+        device), proven by the PKCE verifier bound to the code, then by its rotating refresh token."""
         try:
-            issued = await interactive.exchange(await _read_form(request))
+            if form.get("grant_type") == AUTHORIZATION_CODE:
+                issued = await interactive.exchange(form)
+            else:
+                issued = await interactive.refresh(form)
         except OAuthError as error:
             return self._refused(request, started, error, None)
         except StateUnavailable as exc:
             return self._refused(request, started, _unavailable(exc), None)
         event = self._issued_event(request, started, issued, issued.claims["client_id"])
-        event.grant = AUTHORIZATION_CODE
+        event.grant = str(form.get("grant_type"))
         return self._answer(event, JSONResponse(issued.response(), headers=NO_STORE))
 
     def _issued_event(self, request: Request, started: float, issued: Issued, agent: str) -> AuditEvent:
@@ -499,6 +502,19 @@ class IssuerApp:
         if request.path_params.get("path", "").strip("/") != issuer_path:
             return JSONResponse({"error": "not_found"}, status_code=404)
         return JSONResponse(authorization_server_metadata(config), headers={"cache-control": "public, max-age=300"})
+
+
+def _public_client_grant(form: Form, authorization: str | None, config: Config) -> bool:
+    """A request the interactive flow answers: a code, or a refresh token of a client that is not an agent and
+    sends no credentials (agents' refresh tokens stay with the agent path and its client authentication)."""
+    grant_type = form.get("grant_type")
+    if grant_type == AUTHORIZATION_CODE:
+        return True
+    credentials = authorization or form.get("client_secret") or form.get("client_assertion")
+    client_id = form.get("client_id")
+    return (
+        grant_type == "refresh_token" and not credentials and client_id is not None and client_id not in config.agents
+    )
 
 
 async def _read_form(request: Request) -> Form:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,12 +33,12 @@ from gateway.issuer.authorization import (
 from gateway.issuer.client_documents import ClientDocument, ClientDocumentError, ClientDocuments, is_document_client_id
 from gateway.issuer.clients import SecretChecker
 from gateway.issuer.codes import AuthorizationCodes, CodeReplayed
-from gateway.issuer.grants import Issued, nest_act
+from gateway.issuer.grants import Issued, grant_revoked, nest_act
 from gateway.issuer.oauth import Form, OAuthError, parse_form
 from gateway.issuer.pages import error_page, form_target, page
 from gateway.issuer.sessions import Pending, SignIn, SignIns, csrf_ok
 from gateway.issuer.throttle import AuthThrottle
-from gateway.state import SharedState
+from gateway.state import RefreshGrant, RefreshReused, SharedState, refresh_token_hash
 from gateway.tokens.access_token import mint_access_token
 from gateway.tokens.jwk import SigningKey
 
@@ -279,18 +280,78 @@ class Interactive:
             for jti in replayed.issued:
                 await self.state.revoke_jti(jti, self.clock() + self.settings.max_token_ttl)
             raise
-        token, claims = mint_access_token(
+        token, claims = self._mint(grant.subject, client_id, grant.scopes, grant.request.resource)
+        self.codes.record_issued(code, claims["jti"])
+        # A person's device holds no secret, so its refresh tokens rotate on every use and a reused one ends the
+        # whole family (RFC 9700 §4.14.2, the state's rotate_refresh).
+        refresh_token = secrets.token_urlsafe(32)
+        now = self.clock()
+        family = RefreshGrant(
+            family=secrets.token_urlsafe(12),
+            agent=client_id,
+            subject=grant.subject,
+            scopes=grant.scopes,
+            act=claims["act"],
+            issued_at=now,
+            expires_at=now + self.settings.refresh_token_ttl,
+        )
+        await self.state.store_refresh(refresh_token_hash(refresh_token), family)
+        if not await self.state.record_family_token(family.family, claims["jti"], claims["exp"]):
+            raise _unknown_refresh()
+        self.codes.record_issued(code, family.family)
+        return Issued(token, claims, refresh_token=refresh_token, exchanged=False, event="token.issued")
+
+    async def refresh(self, form: Form) -> Issued:
+        """A public client's refresh token → a new access token and a new refresh token (the old one is spent)."""
+        client_id = form.require("client_id")
+        old_hash = refresh_token_hash(form.require("refresh_token"))
+        family = await self.state.find_refresh(old_hash)
+        if family is None:
+            raise _unknown_refresh()
+        if family.agent != client_id:
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client", reason="other_client")
+        if grant_revoked(self.state.revocations, family):
+            await self.state.revoke_family(family.family)
+            raise OAuthError("invalid_grant", "the refresh token has been revoked", reason="revoked")
+        person = self.config.login.users.get(family.subject)
+        # What the person and the config still allow: a removed account or a narrowed scope list ends the grant.
+        allowed = [s for s in family.scopes if s in self.settings.scopes and person is not None and s in person.scopes]
+        requested = form.get("scope")
+        scopes = tuple(s for s in allowed if requested is None or s in requested.split())
+        if requested is not None and any(s not in allowed for s in requested.split()):
+            raise OAuthError("invalid_scope", "a refresh may narrow the scope, never widen it", reason="invalid_scope")
+        if not scopes:
+            raise OAuthError("invalid_grant", "nothing of this grant is still allowed", reason="grant_withdrawn")
+        new_token = secrets.token_urlsafe(32)
+        try:
+            rotated = await self.state.rotate_refresh(old_hash, refresh_token_hash(new_token), self.clock())
+        except RefreshReused:
+            raise OAuthError(
+                "invalid_grant", "the refresh token was already used; its whole family is revoked", reason="reused"
+            ) from None
+        if rotated is None:
+            raise _unknown_refresh()
+        token, claims = self._mint(family.subject, client_id, scopes, self.config.proxy.public_url)
+        if not await self.state.record_family_token(family.family, claims["jti"], claims["exp"]):
+            raise _unknown_refresh()
+        return Issued(token, claims, refresh_token=new_token, exchanged=False, event="token.refreshed")
+
+    def _mint(self, subject: str, client_id: str, scopes: tuple[str, ...], audience: str) -> tuple[str, dict[str, Any]]:
+        return mint_access_token(
             self.signing_key(),
             issuer=self.config.issuer.url,
-            audience=grant.request.resource,
-            subject=grant.subject,
+            audience=audience,
+            subject=subject,
             client_id=client_id,
-            scopes=grant.scopes,
+            scopes=scopes,
             ttl=min(self.settings.max_token_ttl, self.config.issuer.access_token_ttl),
             act=nest_act(client_id, None),
+            now=self.clock(),
         )
-        self.codes.record_issued(code, claims["jti"])
-        return Issued(token, claims, refresh_token=None, exchanged=False, event="token.issued")
+
+
+def _unknown_refresh() -> OAuthError:
+    return OAuthError("invalid_grant", "the refresh token is invalid, expired or revoked", reason="unknown_refresh")
 
 
 def _first(params: dict[str, list[str]], name: str) -> str | None:

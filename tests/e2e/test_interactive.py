@@ -213,3 +213,39 @@ def test_the_metadata_advertises_the_code_flow(gw: Gateway):
     assert "authorization_code" in metadata["grant_types_supported"]
     assert "none" in metadata["token_endpoint_auth_methods_supported"]
     assert metadata["client_id_metadata_document_supported"] is True
+
+
+def tokens_for_alice(gw: Gateway, client_host: ClientHost) -> dict[str, str]:
+    """The whole flow, quietly: sign in, approve, redeem; the token response."""
+    verifier, challenge = pkce()
+    with httpx2.Client(follow_redirects=False) as browser:
+        consent = sign_in(browser, gw, client_host.url, challenge)
+        form = {"csrf": field(consent.text, "csrf"), "request": field(consent.text, "request"), "decision": "approve"}
+        decision = browser.post(f"{gw.issuer_url}/consent", data=form)
+    code = parse_qs(urlsplit(decision.headers["location"]).query)["code"][0]
+    token = redeem(gw, code, client_host.url, verifier)
+    assert token.status_code == 200, token.text
+    body: dict[str, str] = token.json()
+    return body
+
+
+def refresh(gw: Gateway, client_id: str, refresh_token: str) -> httpx2.Response:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+    return httpx2.post(f"{gw.issuer_url}/oauth/token", data=form)
+
+
+def test_refresh_tokens_rotate_and_a_reused_one_ends_the_family(gw: Gateway, client_host: ClientHost):
+    first = tokens_for_alice(gw, client_host)
+    second = refresh(gw, client_host.url, first["refresh_token"])
+    assert second.status_code == 200, second.text
+    rotated = second.json()
+    assert rotated["refresh_token"] != first["refresh_token"] and rotated["scope"] == "crm.read"
+    claims = jwt.decode(rotated["access_token"], options={"verify_signature": False})
+    assert (claims["sub"], claims["act"]) == ("alice", {"sub": client_host.url})
+    # Another client presenting it gets nothing; the spent one presented again revokes the newest too.
+    assert refresh(gw, "https://other.example.com/c.json", rotated["refresh_token"]).json()["error"] == "invalid_grant"
+    reused = refresh(gw, client_host.url, first["refresh_token"])
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    assert refresh(gw, client_host.url, rotated["refresh_token"]).status_code == 400
+    gone = httpx2.get(f"{gw.proxy_url}/v1/on-behalf", headers={"Authorization": f"Bearer {rotated['access_token']}"})
+    assert gone.status_code == 401
