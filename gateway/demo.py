@@ -44,21 +44,30 @@ def _seen(request: Request) -> dict[str, str]:
 
 DEMO_AGENT = "billing-bot"
 DEMO_SECRET_FILE = Path(".tollbooth/demo/billing-bot.secret")
-_DEMO_SECRET_VARIABLE = "BILLING_BOT_SECRET_HASH"  # noqa: S105 (a variable name)
+# The demo person who signs in with an MCP client (config/example.yaml's login.users.alice).
+DEMO_PERSON = "alice"
+DEMO_PASSWORD_FILE = Path(".tollbooth/demo/alice.password")
+# Where config/example.yaml reads each demo secret's argon2id hash from (variable names, not secrets).
+_DEMO_SECRETS = {
+    DEMO_SECRET_FILE: "BILLING_BOT_SECRET_HASH",
+    DEMO_PASSWORD_FILE: "ALICE_PASSWORD_HASH",
+}
 _DEMO_USER = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 
 def prepare_demo_secret(env: MutableMapping[str, str]) -> None:
-    """Give the example's agent a secret for the demo: generated once into DEMO_SECRET_FILE (0600), its argon2id
-    hash put where config/example.yaml reads it. A value already in the environment (yours) is left alone."""
-    if env.get(_DEMO_SECRET_VARIABLE):
-        return
-    if not DEMO_SECRET_FILE.exists():
-        DEMO_SECRET_FILE.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(DEMO_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    env[_DEMO_SECRET_VARIABLE] = PasswordHasher().hash(DEMO_SECRET_FILE.read_text().strip())
+    """Give the example's agent a secret and its demo person a password: each generated once into its file (0600),
+    its argon2id hash put where config/example.yaml reads it. A value already in the environment (yours) is left
+    alone."""
+    for path, variable in _DEMO_SECRETS.items():
+        if env.get(variable):
+            continue
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(18))
+        env[variable] = PasswordHasher().hash(path.read_text().strip())
 
 
 class DemoIdentityProvider:
@@ -223,6 +232,10 @@ Try it (in another terminal):
   #    as a draft of rules, and what one call would get:
   .venv/bin/tollbooth mcp draft --config {cfg} --route crm-mcp --scope-prefix crm
   .venv/bin/tollbooth explain --config {cfg} POST /mcp --scope crm.read --mcp-tool delete_customer
+
+  # 6. A person's MCP client (MCP Inspector, an IDE): point it at {proxy}/mcp; it finds the sign-in page
+  #    itself (docs/people.md). Sign in as {DEMO_PERSON} with the password in {DEMO_PASSWORD_FILE}:
+  cat {DEMO_PASSWORD_FILE}
 """
 
 

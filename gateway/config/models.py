@@ -219,13 +219,14 @@ _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 class LoginUserConfig(Model):
     """An embedded account: a person who signs in on the token service's own page."""
 
-    password_hash: str
+    # Empty (`${ALICE_PASSWORD_HASH:-}` left unset): the account exists but cannot sign in.
+    password_hash: str | None = None
     scopes: list[str] = Field(default_factory=list)  # the most this person may grant a client
 
     @field_validator("password_hash")
     @classmethod
-    def _password_hash(cls, value: str) -> str:
-        return _argon2id(value)
+    def _password_hash(cls, value: str | None) -> str | None:
+        return None if not value else _argon2id(value)
 
     @field_validator("scopes")
     @classmethod
