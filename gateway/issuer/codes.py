@@ -32,13 +32,13 @@ class CodeGrant:
 class _Entry:
     grant: CodeGrant
     spent: bool = False
-    issued: list[str] = field(default_factory=list)  # jtis and refresh families the redemption produced
+    issued: list[tuple[str, str]] = field(default_factory=list)  # ("jti" | "family", id) the redemption produced
 
 
 class CodeReplayed(OAuthError):
     """A spent code presented again: `issued` lists what its first redemption produced, to be revoked."""
 
-    def __init__(self, issued: list[str]) -> None:
+    def __init__(self, issued: list[tuple[str, str]]) -> None:
         super().__init__("invalid_grant", "the authorization code was already used", reason="code_replayed")
         self.issued = issued
 
@@ -85,11 +85,12 @@ class AuthorizationCodes:
             raise _invalid("the code_verifier does not match the code_challenge", "pkce_mismatch")
         return grant
 
-    def record_issued(self, code: str, issued: str) -> None:
-        """Remember a jti or refresh family a redemption produced, for revocation should the code come back."""
+    def record_issued(self, code: str, kind: str, issued: str) -> None:
+        """Remember a token's jti (`kind` "jti") or a refresh family ("family") a redemption produced, for
+        revocation should the code come back."""
         entry = self._entries.get(_hash(code))
         if entry is not None:
-            entry.issued.append(issued)
+            entry.issued.append((kind, issued))
 
     def _forget_expired(self) -> None:
         cutoff = self._clock() - _SPENT_MEMORY

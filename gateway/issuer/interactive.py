@@ -277,11 +277,14 @@ class Interactive:
             )
         except CodeReplayed as replayed:
             # RFC 6749 §4.1.2: a code used twice revokes what it issued; one holder of the code is an attacker.
-            for jti in replayed.issued:
-                await self.state.revoke_jti(jti, self.clock() + self.settings.max_token_ttl)
+            for kind, issued in replayed.issued:
+                if kind == "family":
+                    await self.state.revoke_family(issued)
+                else:
+                    await self.state.revoke_jti(issued, self.clock() + self.settings.max_token_ttl)
             raise
         token, claims = self._mint(grant.subject, client_id, grant.scopes, grant.request.resource)
-        self.codes.record_issued(code, claims["jti"])
+        self.codes.record_issued(code, "jti", claims["jti"])
         # A person's device holds no secret, so its refresh tokens rotate on every use and a reused one ends the
         # whole family (RFC 9700 §4.14.2, the state's rotate_refresh).
         refresh_token = secrets.token_urlsafe(32)
@@ -298,7 +301,7 @@ class Interactive:
         await self.state.store_refresh(refresh_token_hash(refresh_token), family)
         if not await self.state.record_family_token(family.family, claims["jti"], claims["exp"]):
             raise _unknown_refresh()
-        self.codes.record_issued(code, family.family)
+        self.codes.record_issued(code, "family", family.family)
         return Issued(token, claims, refresh_token=refresh_token, exchanged=False, event="token.issued")
 
     async def refresh(self, form: Form) -> Issued:

@@ -154,6 +154,8 @@ def test_a_person_signs_in_consents_and_the_client_acts_for_them(
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     refused = httpx2.get(f"{gw.proxy_url}/v1/on-behalf", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert refused.status_code == 401
+    # ... and so is the refresh token that came with it.
+    assert refresh(gw, client_host.url, body["refresh_token"]).json()["error"] == "invalid_grant"
 
 
 def test_a_wrong_password_shows_the_form_again_and_issues_nothing(gw: Gateway, client_host: ClientHost):

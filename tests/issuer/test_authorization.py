@@ -167,10 +167,10 @@ def test_a_code_redeems_once_for_its_client_redirect_and_verifier():
     codes, code = issued(Clock(1000.0))
     grant = codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
     assert (grant.subject, grant.scopes, grant.request.resource) == ("alice", ("crm.read",), PUBLIC)
-    codes.record_issued(code, "jti-1")
+    codes.record_issued(code, "jti", "jti-1")
     with pytest.raises(CodeReplayed) as replayed:
         codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
-    assert replayed.value.issued == ["jti-1"] and replayed.value.reason == "code_replayed"
+    assert replayed.value.issued == [("jti", "jti-1")] and replayed.value.reason == "code_replayed"
 
 
 @pytest.mark.parametrize(
