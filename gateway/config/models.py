@@ -270,9 +270,6 @@ class InteractiveConfig(Model):
 
     @model_validator(mode="after")
     def _positive(self) -> InteractiveConfig:
-        if self.dynamic_registration:
-            # Accepting the switch and doing nothing would leave older clients failing with no explanation.
-            raise ValueError("dynamic_registration is not available yet: clients identify with metadata documents")
         for name in ("max_token_ttl", "refresh_token_ttl", "session_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

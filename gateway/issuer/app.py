@@ -23,7 +23,14 @@ from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
 from gateway.config import Config
 from gateway.issuer.client_documents import ClientDocuments
-from gateway.issuer.clients import AUTH_METHODS, Client, ClientRegistry, SecretChecker, claimed_client_id
+from gateway.issuer.clients import (
+    AUTH_METHODS,
+    Client,
+    ClientRegistry,
+    SecretChecker,
+    basic_credentials,
+    claimed_client_id,
+)
 from gateway.issuer.codes import AuthorizationCodes
 from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService, grant_revoked
 from gateway.issuer.interactive import AUTHORIZATION_CODE, CONSENT_PATH, LOGIN_PATH, LOGOUT_PATH, Interactive
@@ -38,6 +45,7 @@ from gateway.issuer.oauth import (
     parse_form,
     too_large,
 )
+from gateway.issuer.registration import REGISTER_PATH, Registrations
 from gateway.issuer.sessions import SignIns
 from gateway.issuer.subjects import SubjectVerifier
 from gateway.issuer.throttle import AuthThrottle
@@ -103,6 +111,8 @@ def authorization_server_metadata(config: Config) -> dict[str, Any]:
         document["token_endpoint_auth_methods_supported"] = [*methods, "none"]
         document["client_id_metadata_document_supported"] = interactive.client_metadata_documents
         document["authorization_response_iss_parameter_supported"] = True
+        if interactive.dynamic_registration:
+            document["registration_endpoint"] = endpoint(config, REGISTER_PATH)
     return document
 
 
@@ -150,6 +160,7 @@ class IssuerApp:
         # People's sign-ins, pending requests, codes and fetched client documents outlive a config reload.
         self._sign_ins: SignIns | None = None
         self._codes = AuthorizationCodes(clock=clock)
+        self._registrations = Registrations(clock=clock)
         self._documents: ClientDocuments | None = None
         self._retired: list[ClientDocuments] = []  # replaced when tls.ca_file changed; closed with the app
         self.app = Starlette(
@@ -159,6 +170,7 @@ class IssuerApp:
                 Route(LOGIN_PATH, self.login, methods=["POST"]),
                 Route(CONSENT_PATH, self.consent, methods=["POST"]),
                 Route(LOGOUT_PATH, self.logout, methods=["POST"]),
+                Route(REGISTER_PATH, self.register, methods=["POST"]),
                 Route(REVOKE_PATH, self.revoke, methods=["POST"]),
                 Route(INTROSPECT_PATH, self.introspect, methods=["POST"]),
                 Route(JWKS_PATH, self.jwks, methods=["GET", "HEAD"]),
@@ -222,6 +234,7 @@ class IssuerApp:
             documents=self._documents,
             sessions=self._sign_ins,
             codes=self._codes,
+            registrations=self._registrations,
             secrets=self._secrets,
             throttle=self._throttle,
             emit=self._audit.emit,
@@ -308,7 +321,7 @@ class IssuerApp:
                 form = await _read_form(request)
             except OAuthError as error:
                 return self._refused(request, started, error, None)
-            if _public_client_grant(form, request.headers.get("authorization"), self._config()):
+            if _interactive_grant(form, request.headers.get("authorization"), self._config(), self._registrations):
                 return await self._code_grant(request, started, interactive, form)
         try:
             parts, form, client = await self._authenticated(request, TOKEN_PATH)
@@ -324,10 +337,11 @@ class IssuerApp:
         """A person's client redeeming its code or refresh token: a public client (no secret on a person's
         device), proven by the PKCE verifier bound to the code, then by its rotating refresh token."""
         try:
+            authorization = request.headers.get("authorization")
             if form.get("grant_type") == AUTHORIZATION_CODE:
-                issued = await interactive.exchange(form)
+                issued = await interactive.exchange(form, authorization)
             else:
-                issued = await interactive.refresh(form)
+                issued = await interactive.refresh(form, authorization)
         except OAuthError as error:
             return self._refused(request, started, error, None)
         except StateUnavailable as exc:
@@ -375,6 +389,9 @@ class IssuerApp:
 
     async def logout(self, request: Request) -> Response:
         return await self._page(request, "logout")
+
+    async def register(self, request: Request) -> Response:
+        return await self._page(request, "register")
 
     async def _page(self, request: Request, name: str) -> Response:
         interactive = self._current().interactive
@@ -504,17 +521,24 @@ class IssuerApp:
         return JSONResponse(authorization_server_metadata(config), headers={"cache-control": "public, max-age=300"})
 
 
-def _public_client_grant(form: Form, authorization: str | None, config: Config) -> bool:
-    """A request the interactive flow answers: a code, or a refresh token of a client that is not an agent and
-    sends no credentials (agents' refresh tokens stay with the agent path and its client authentication)."""
+def _interactive_grant(form: Form, authorization: str | None, config: Config, registered: Registrations) -> bool:
+    """A request the interactive flow answers: a code, or a refresh token of a client that is not an agent: a
+    registered one, or one that sends no credentials (agents' refresh tokens stay with the agent path and its
+    client authentication)."""
     grant_type = form.get("grant_type")
     if grant_type == AUTHORIZATION_CODE:
         return True
-    credentials = authorization or form.get("client_secret") or form.get("client_assertion")
+    if grant_type != "refresh_token":
+        return False
     client_id = form.get("client_id")
-    return (
-        grant_type == "refresh_token" and not credentials and client_id is not None and client_id not in config.agents
-    )
+    if authorization and authorization[:6].lower() == "basic ":
+        try:
+            client_id = basic_credentials(authorization)[0][0]
+        except OAuthError:
+            return False
+    if client_id is None or client_id in config.agents:
+        return False
+    return registered.get(client_id) is not None or not (authorization or form.get("client_secret"))
 
 
 async def _read_form(request: Request) -> Form:

@@ -9,6 +9,7 @@ the client: the client acts for the person. Only the I/O lives here; the decisio
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import secrets
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from gateway.audit.events import AuditEvent
 from gateway.config import Config, InteractiveConfig
@@ -31,11 +32,12 @@ from gateway.issuer.authorization import (
     redirect_with,
 )
 from gateway.issuer.client_documents import ClientDocument, ClientDocumentError, ClientDocuments, is_document_client_id
-from gateway.issuer.clients import SecretChecker
+from gateway.issuer.clients import SecretChecker, basic_credentials, invalid_client
 from gateway.issuer.codes import AuthorizationCodes, CodeReplayed
 from gateway.issuer.grants import Issued, grant_revoked, nest_act
 from gateway.issuer.oauth import Form, OAuthError, parse_form
 from gateway.issuer.pages import error_page, form_target, page
+from gateway.issuer.registration import RegistrationError, Registrations, read_registration, registration_response
 from gateway.issuer.sessions import Pending, SignIn, SignIns, csrf_ok
 from gateway.issuer.throttle import AuthThrottle
 from gateway.state import RefreshGrant, RefreshReused, SharedState, refresh_token_hash
@@ -79,6 +81,7 @@ class Interactive:
     documents: ClientDocuments
     sessions: SignIns
     codes: AuthorizationCodes
+    registrations: Registrations
     secrets: SecretChecker
     throttle: AuthThrottle
     emit: Callable[[AuditEvent], bool]
@@ -106,9 +109,13 @@ class Interactive:
         )
 
     async def _client(self, client_id: str | None) -> ClientDocument | None:
-        if client_id is None or not (self.settings.client_metadata_documents and is_document_client_id(client_id)):
+        """The client's registered metadata: its document (an https client_id), or its RFC 7591 registration."""
+        if client_id is None:
             return None
-        return await self.documents.fetch(client_id)
+        if self.settings.client_metadata_documents and is_document_client_id(client_id):
+            return await self.documents.fetch(client_id)
+        registered = self.registrations.get(client_id) if self.settings.dynamic_registration else None
+        return registered.document if registered else None
 
     # GET /oauth/authorize ------------------------------------------------------------------------------------------
 
@@ -127,7 +134,7 @@ class Interactive:
             self._audit(request, "authorize.denied", 400, agent=_bounded(claimed), reason=exc.reason)
             return error_page(exc.error, exc.description)
         assert document is not None
-        if document.token_endpoint_auth_method != "none":  # noqa: S105 (a method name, not a secret)
+        if self.registrations.get(client_id) is None and document.token_endpoint_auth_method != "none":  # noqa: S105
             # Keys for private_key_jwt would come from the document's jwks; only public clients are taken so far.
             self._audit(request, "authorize.denied", 400, agent=client_id, reason="client_auth_method")
             return error_page("invalid_client", "only public clients (token_endpoint_auth_method none) sign in here")
@@ -253,6 +260,46 @@ class Interactive:
         )
         return self._back(checked.redirect_uri, code=code, state=checked.state)
 
+    # POST /oauth/register (RFC 7591) ---------------------------------------------------------------------------
+
+    async def register(self, request: Request) -> Response:
+        if not self.settings.dynamic_registration:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_PAGE_FORM:
+                return _registration_error("invalid_client_metadata", "the registration request is too large")
+        if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+            return _registration_error("invalid_client_metadata", "send the registration as application/json")
+        try:
+            uris, name, method = read_registration(_json(body), self.settings.redirect_hosts)
+        except RegistrationError as exc:
+            self._audit(request, "client.registration_denied", 400, reason=exc.error)
+            return _registration_error(exc.error, exc.description)
+        registered, secret = self.registrations.register(uris, name, method)
+        self._audit(request, "client.registered", 201, agent=registered.document.client_id)
+        return JSONResponse(
+            registration_response(registered, secret), status_code=201, headers={"cache-control": "no-store"}
+        )
+
+    def _client_id(self, form: Form, authorization: str | None) -> str:
+        """Who presents a code or refresh token: a registered confidential client proves its secret (Basic or in
+        the body, RFC 6749 §2.3.1), a public one only names itself (the code's PKCE or refresh token proves it)."""
+        secret = form.get("client_secret")
+        client_id = form.get("client_id")
+        if authorization:
+            client_id, secret = basic_credentials(authorization)[0]
+        if client_id is None:
+            raise OAuthError("invalid_request", "the client_id parameter is missing", reason="missing_parameter")
+        registered = self.registrations.get(client_id)
+        if registered is not None and registered.secret_hash is not None:
+            if not self.registrations.secret_matches(client_id, secret):
+                raise invalid_client("the client secret is wrong", "bad_secret", basic=bool(authorization))
+        elif secret is not None:
+            raise invalid_client("this client is public: it has no secret", "unexpected_secret")
+        return client_id
+
     # POST /logout --------------------------------------------------------------------------------------------------
 
     async def logout(self, request: Request) -> Response:
@@ -267,9 +314,9 @@ class Interactive:
 
     # The token endpoint's authorization_code grant ----------------------------------------------------------------
 
-    async def exchange(self, form: Form) -> Issued:
-        """A public client's code → an access token for the person, with the client as actor."""
-        client_id = form.require("client_id")
+    async def exchange(self, form: Form, authorization: str | None) -> Issued:
+        """A client's code → an access token for the person, with the client as actor."""
+        client_id = self._client_id(form, authorization)
         code = form.require("code")
         try:
             grant = self.codes.redeem(
@@ -304,9 +351,9 @@ class Interactive:
         self.codes.record_issued(code, "family", family.family)
         return Issued(token, claims, refresh_token=refresh_token, exchanged=False, event="token.issued")
 
-    async def refresh(self, form: Form) -> Issued:
-        """A public client's refresh token → a new access token and a new refresh token (the old one is spent)."""
-        client_id = form.require("client_id")
+    async def refresh(self, form: Form, authorization: str | None) -> Issued:
+        """A client's refresh token → a new access token and a new refresh token (the old one is spent)."""
+        client_id = self._client_id(form, authorization)
         old_hash = refresh_token_hash(form.require("refresh_token"))
         family = await self.state.find_refresh(old_hash)
         if family is None:
@@ -351,6 +398,17 @@ class Interactive:
             act=nest_act(client_id, None),
             now=self.clock(),
         )
+
+
+def _registration_error(error: str, description: str) -> Response:
+    return JSONResponse({"error": error, "error_description": description}, status_code=400)
+
+
+def _json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def _unknown_refresh() -> OAuthError:

@@ -111,7 +111,7 @@ def gw(
         extra={
             "tls": {"ca_file": certificate.ca_file},
             "login": {"users": {"alice": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": [MCP_SCOPE]}}},
-            "interactive": {"scopes": [MCP_SCOPE]},
+            "interactive": {"scopes": [MCP_SCOPE], "dynamic_registration": True},
         },
     )
     yield gateway
@@ -149,7 +149,8 @@ async def person_at_the_pages(authorization_url: str) -> AuthorizationCodeResult
     return AuthorizationCodeResult(code=query["code"], state=query.get("state"), iss=query.get("iss"))
 
 
-async def connect_and_ask(gw: Gateway, document_url: str) -> tuple[dict[str, Any], MemoryStorage]:
+async def connect_and_ask(gw: Gateway, document_url: str | None) -> tuple[dict[str, Any], MemoryStorage]:
+    """The SDK's whole flow; without `document_url` it registers itself (RFC 7591) instead."""
     landed: list[AuthorizationCodeResult] = []
 
     async def redirect_handler(url: str) -> None:
@@ -162,7 +163,9 @@ async def connect_and_ask(gw: Gateway, document_url: str) -> tuple[dict[str, Any
     provider = OAuthClientProvider(
         server_url=gw.proxy_url + MCP_PATH,
         client_metadata=OAuthClientMetadata(
-            redirect_uris=[AnyUrl(REDIRECT)], client_name="SDK desktop client", token_endpoint_auth_method="none"
+            redirect_uris=[AnyUrl(REDIRECT)],
+            client_name="SDK desktop client",
+            token_endpoint_auth_method="none" if document_url else None,
         ),
         storage=storage,
         redirect_handler=redirect_handler,
@@ -191,3 +194,30 @@ def test_the_sdks_oauth_client_signs_a_person_in_and_acts_for_them(gw: Gateway, 
     assert storage.client is not None and storage.client.client_id == document_url
     event = gw.wait_audit(lambda e: e["event"] == "token.issued" and e.get("grant") == "authorization_code")
     assert event["subject"] == "alice" and event["agent"] == document_url
+
+
+def test_an_older_client_registers_itself_and_authenticates_with_its_secret(gw: Gateway):
+    seen, storage = asyncio.run(connect_and_ask(gw, None))
+    assert storage.client is not None and storage.client.client_id.startswith("dcr_")
+    # RFC 7591 §2: no token_endpoint_auth_method asked for means client_secret_basic, so it was given a secret.
+    assert storage.client.client_secret
+    assert seen["identity"]["x-tollbooth-subject"] == "alice"
+    assert seen["identity"]["x-tollbooth-agent"] == storage.client.client_id
+    registered = gw.wait_audit(lambda e: e["event"] == "client.registered")
+    assert registered["agent"] == storage.client.client_id
+
+
+def test_a_registered_clients_code_is_refused_without_its_secret(gw: Gateway):
+    registration = httpx2.post(
+        f"{gw.issuer_url}/oauth/register", json={"redirect_uris": [REDIRECT], "client_name": "Secretive"}
+    )
+    assert registration.status_code == 201, registration.text
+    client = registration.json()
+    assert client["token_endpoint_auth_method"] == "client_secret_basic" and client["client_secret"]
+    refused = httpx2.post(
+        f"{gw.issuer_url}/oauth/token",
+        data={"grant_type": "authorization_code", "code": "x" * 43, "client_id": client["client_id"]},
+    )
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    bad = httpx2.post(f"{gw.issuer_url}/oauth/register", json={"redirect_uris": ["http://evil.example/cb"]})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_redirect_uri"
