@@ -28,6 +28,9 @@ _S256_CHALLENGE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
 # A `state` travels back in a URL and into audit records: printable ASCII, bounded.
 _STATE = re.compile(r"^[\x20-\x7e]{1,512}$")
 MAX_PARAMETER = 2048
+# RFC 3986 leaves these out of a URI; `;` and `,` are legal in paths but a host never has them, and the consent
+# page's CSP names the redirect origin, so they are refused before a host could carry them.
+_UNSAFE_URI = re.compile(r"[^\x21-\x7e]|[\"<>\\^`{|}]|^[^?]*//[^/?]*[;,]")
 
 
 class PageError(Exception):
@@ -107,6 +110,8 @@ def redirect_host_allowed(redirect_uri: str, allowed_hosts: Sequence[str]) -> bo
 def check_redirect_uri(uri: str) -> str | None:
     """Why a redirect URI can never be used, or None: https anywhere, plain http only to loopback (RFC 8252
     §8.3), a private-use scheme with a dot (RFC 8252 §7.1, `com.example.app:/cb`); never a fragment."""
+    if _UNSAFE_URI.search(uri):
+        return "contains characters a URL cannot (spaces, controls, quotes, ;, non-ASCII)"
     try:
         parts = urlsplit(uri)
     except ValueError:

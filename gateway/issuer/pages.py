@@ -4,6 +4,7 @@ keep them from being framed, scripted or cached (DESIGN.md, "Interactive clients
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,11 +29,17 @@ def _templates() -> Environment:
     )
 
 
+# A CSP source expression: scheme://host[:port] or scheme:, nothing that could end the directive (`;`, `,`, spaces).
+_SOURCE = re.compile(r"^[a-z][a-z0-9+.-]*:(//[A-Za-z0-9.\-]+(:[0-9]{1,5})?|//\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?)?$")
+
+
 def form_target(redirect_uri: str) -> str:
     """The CSP source that lets a form's answer redirect to `redirect_uri` (browsers apply form-action to the
-    redirect after a POST): its origin, or its scheme for a native app's private-use scheme."""
+    redirect after a POST): its origin, or its scheme for a native app's private-use scheme. Anything that is not
+    a plain source becomes 'none': the redirect is then blocked rather than the policy rewritten."""
     parts = urlsplit(redirect_uri)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
+    source = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
+    return source if _SOURCE.match(source) else "'none'"
 
 
 def page(template: str, status: int = 200, *, form_targets: tuple[str, ...] = (), **context: Any) -> HTMLResponse:

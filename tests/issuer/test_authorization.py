@@ -24,6 +24,7 @@ from gateway.issuer.authorization import (
 )
 from gateway.issuer.codes import AuthorizationCodes, CodeReplayed
 from gateway.issuer.oauth import OAuthError
+from gateway.issuer.pages import form_target
 
 PUBLIC = "https://gw.example.com"
 CLIENT = "https://client.example.com/oauth/metadata.json"
@@ -86,6 +87,10 @@ def test_redirect_uris_match_exactly_except_a_loopback_port(requested: str, ok: 
         ("com.example.app:/oauth2redirect", True),
         ("javascript:alert(1)", False),
         ("data:text/html,x", False),
+        ("https://a.example;script-src */cb", False),  # would end the consent page's form-action directive
+        ("https://a.example/cb x", False),
+        ("https://a.example/c\u00e9", False),
+        ("https://a.example/cb;v=1", True),  # a ; in the path is fine
     ],
 )
 def test_only_redirect_uris_that_carry_a_code_safely_are_usable(uri: str, usable: bool):
@@ -205,3 +210,9 @@ def test_a_code_expires_after_sixty_seconds_and_an_unknown_code_is_refused():
     with pytest.raises(OAuthError) as unknown:
         codes.redeem("not-a-code", client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
     assert unknown.value.reason == "unknown_code"
+
+
+def test_the_consent_pages_form_action_names_only_a_plain_origin():
+    assert form_target("https://app.example.com:8443/cb?x=1") == "https://app.example.com:8443"
+    assert form_target("com.example.app:/oauth2redirect") == "com.example.app:"
+    assert form_target("https://a.example,b;script-src */cb") == "'none'"
