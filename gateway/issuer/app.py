@@ -259,10 +259,7 @@ class IssuerApp:
 
     async def _authenticated(self, request: Request, path: str) -> tuple[_Parts, Form, Client]:
         parts = self._current()
-        if parts.config.audit.on_failure == "deny" and not self._audit.healthy:
-            # Strict mode: refuse before acting. Answering 503 after a refresh token was rotated or a token revoked
-            # would leave a change without its record (and make the client's retry look like reuse).
-            raise _audit_unavailable()
+        self._audit_ready(parts.config)
         form = await _read_form(request)
         request.state.form = form  # a refusal is audited with the client_id claimed, if authentication fails
         authorization = request.headers.get("authorization")
@@ -279,6 +276,12 @@ class IssuerApp:
                 await self._throttle.failed(address, claimed, parts.config.issuer.auth_failure_limits)
             raise
         return parts, form, client
+
+    def _audit_ready(self, config: Config) -> None:
+        if config.audit.on_failure == "deny" and not self._audit.healthy:
+            # Strict mode: refuse before acting. Answering 503 after a refresh token was rotated or a token revoked
+            # would leave a change without its record (and make the client's retry look like reuse).
+            raise _audit_unavailable()
 
     def _event(self, request: Request, kind: str, started: float, status: int, **fields: Any) -> AuditEvent:
         return AuditEvent(
@@ -337,6 +340,7 @@ class IssuerApp:
         """A person's client redeeming its code or refresh token: a public client (no secret on a person's
         device), proven by the PKCE verifier bound to the code, then by its rotating refresh token."""
         try:
+            self._audit_ready(self._config())
             authorization = request.headers.get("authorization")
             if form.get("grant_type") == AUTHORIZATION_CODE:
                 issued = await interactive.exchange(form, authorization)

@@ -110,12 +110,15 @@ class Interactive:
 
     async def _client(self, client_id: str | None) -> ClientDocument | None:
         """The client's registered metadata: its document (an https client_id), or its RFC 7591 registration."""
-        if client_id is None:
-            return None
-        if self.settings.client_metadata_documents and is_document_client_id(client_id):
+        if client_id is None or client_id in self.config.agents:
+            return None  # an agent's client_id is never a person's client, however it is spelled
+        if self._is_document(client_id):
             return await self.documents.fetch(client_id)
         registered = self.registrations.get(client_id) if self.settings.dynamic_registration else None
         return registered.document if registered else None
+
+    def _is_document(self, client_id: str) -> bool:
+        return self.settings.client_metadata_documents and is_document_client_id(client_id)
 
     # GET /oauth/authorize ------------------------------------------------------------------------------------------
 
@@ -293,6 +296,10 @@ class Interactive:
         if client_id is None:
             raise OAuthError("invalid_request", "the client_id parameter is missing", reason="missing_parameter")
         registered = self.registrations.get(client_id)
+        if client_id in self.config.agents or (registered is None and not self._is_document(client_id)):
+            # Neither a document URL nor a live registration: a registration forgotten (restart, eviction) must not
+            # turn its client public, or its stolen refresh token would work without the secret.
+            raise invalid_client("this client is not known to the token service", "unknown_client")
         if registered is not None and registered.secret_hash is not None:
             if not self.registrations.secret_matches(client_id, secret):
                 raise invalid_client("the client secret is wrong", "bad_secret", basic=bool(authorization))

@@ -236,3 +236,17 @@ def test_refresh_tokens_rotate_and_a_reused_one_ends_the_family(gw: Gateway, cli
     assert refresh(gw, client_host.url, rotated["refresh_token"]).status_code == 400
     gone = httpx2.get(f"{gw.proxy_url}/v1/on-behalf", headers={"Authorization": f"Bearer {rotated['access_token']}"})
     assert gone.status_code == 401
+
+
+def test_a_refresh_from_a_client_that_is_neither_a_document_nor_registered_is_refused(
+    gw: Gateway, client_host: ClientHost
+):
+    tokens = tokens_for_alice(gw, client_host)
+    for client_id in ("dcr_forgotten-registration", "billing-bot"):
+        refused = refresh(gw, client_id, tokens["refresh_token"])
+        # An agent's id goes to the agent path (its own authentication); anything else is unknown here.
+        assert refused.status_code in (400, 401) and refused.json()["error"] in ("invalid_client", "invalid_grant")
+    unknown = refresh(gw, "dcr_forgotten-registration", tokens["refresh_token"])
+    assert unknown.status_code == 401 and unknown.json()["error"] == "invalid_client"
+    # The refusals spent nothing: the real client still refreshes.
+    assert refresh(gw, client_host.url, tokens["refresh_token"]).status_code == 200
