@@ -4,6 +4,7 @@ import os
 
 import pytest
 from hypothesis import is_hypothesis_test, settings
+from people_support import client_host  # noqa: F401
 from raw_http import watch  # noqa: F401
 from support import gateway, redis_server, upstream  # noqa: F401  (pytest finds fixtures by name)
 from token_support import idp  # noqa: F401

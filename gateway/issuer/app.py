@@ -22,6 +22,7 @@ from starlette.routing import Route
 from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
 from gateway.config import Config
+from gateway.issuer.authorization import is_loopback_host
 from gateway.issuer.client_documents import ClientDocuments
 from gateway.issuer.clients import (
     AUTH_METHODS,
@@ -33,7 +34,13 @@ from gateway.issuer.clients import (
 )
 from gateway.issuer.codes import AuthorizationCodes
 from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService, grant_revoked
-from gateway.issuer.interactive import AUTHORIZATION_CODE, CONSENT_PATH, LOGIN_PATH, LOGOUT_PATH, Interactive
+from gateway.issuer.interactive import (
+    AUTHORIZATION_CODE,
+    CONSENT_PATH,
+    LOGIN_PATH,
+    LOGOUT_PATH,
+    Interactive,
+)
 from gateway.issuer.keystore import KeyStore
 from gateway.issuer.oauth import (
     MAX_FORM_BYTES,
@@ -48,7 +55,7 @@ from gateway.issuer.oauth import (
 from gateway.issuer.registration import REGISTER_PATH, Registrations
 from gateway.issuer.sessions import SignIns
 from gateway.issuer.subjects import SubjectVerifier
-from gateway.issuer.throttle import AuthThrottle
+from gateway.issuer.throttle import LOGIN_BUDGET, AuthThrottle
 from gateway.metrics import TOKEN_REQUESTS
 from gateway.state import SharedState, StateUnavailable, refresh_token_hash
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
@@ -156,7 +163,9 @@ class IssuerApp:
         self._jwks = jwks if jwks is not None else JwksCaches()
         self._parts: _Parts | None = None
         self._secrets = SecretChecker()  # outlives reloads: its cache is keyed by the stored hash
-        self._throttle = AuthThrottle(limiter if limiter is not None else LocalRateLimiter())
+        limiter = limiter if limiter is not None else LocalRateLimiter()
+        self._throttle = AuthThrottle(limiter)
+        self._login_throttle = AuthThrottle(limiter, budget=LOGIN_BUDGET, everywhere=True)
         # People's sign-ins, pending requests, codes and fetched client documents outlive a config reload.
         self._sign_ins: SignIns | None = None
         self._codes = AuthorizationCodes(clock=clock)
@@ -221,22 +230,26 @@ class IssuerApp:
             return None
         if self._sign_ins is None:
             self._sign_ins = SignIns(session_ttl=config.interactive.session_ttl, clock=self._clock)
-        if self._documents is None or self._documents.ca_file != config.tls.ca_file:
+        # Loopback documents only for an issuer on loopback (a developer's machine): elsewhere a client_id naming
+        # 127.0.0.1 would have the issuer probe its own host's ports for a stranger.
+        loopback = is_loopback_host(urlsplit(config.issuer.url).hostname or "")
+        documents = self._documents
+        if documents is None or (documents.ca_file, documents.allow_loopback) != (config.tls.ca_file, loopback):
             # The old cache's documents were fetched under the old trust: start afresh.
-            if self._documents is not None:
-                self._retired.append(self._documents)
-            self._documents = ClientDocuments(ca_file=config.tls.ca_file)
+            if documents is not None:
+                self._retired.append(documents)
+            documents = self._documents = ClientDocuments(ca_file=config.tls.ca_file, allow_loopback=loopback)
         return Interactive(
             config=config,
             settings=config.interactive,
             signing_key=lambda: self._keys().active,
             state=self._state,
-            documents=self._documents,
+            documents=documents,
             sessions=self._sign_ins,
             codes=self._codes,
             registrations=self._registrations,
             secrets=self._secrets,
-            throttle=self._throttle,
+            throttle=self._login_throttle,
             emit=self._audit.emit,
             clock=self._clock,
         )

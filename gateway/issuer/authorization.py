@@ -118,6 +118,9 @@ def check_redirect_uri(uri: str) -> str | None:
         return "is not a URL"
     if parts.fragment or "#" in uri:
         return "has a fragment"
+    if "@" in parts.netloc:
+        # https://app.example.com@evil.example/ shows one host to a person and sends the code to another.
+        return "has user info before its host"
     if parts.scheme == "https" and parts.hostname:
         return None
     if parts.scheme == "http":
@@ -125,6 +128,15 @@ def check_redirect_uri(uri: str) -> str | None:
     if "." in parts.scheme and parts.scheme not in ("javascript", "data", "file"):
         return None
     return "uses a scheme that cannot carry a code safely"
+
+
+def display_name(name: str | None, fallback: str, limit: int = 60) -> str:
+    """A client's self-chosen name as the consent page shows it: printable, one line, bounded, so a name cannot
+    push the real host off the page or pose as page text; `fallback` (its host) when nothing is left."""
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in (name or "")).split())
+    if len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1] + "…"
+    return cleaned or fallback
 
 
 def _one(params: dict[str, list[str]], name: str) -> str | None:

@@ -266,7 +266,7 @@ class ClientDocuments:
         self._timeout = timeout
         self._max_bytes = max_bytes
         self._clock = clock
-        self._allow_loopback = allow_loopback
+        self.allow_loopback = allow_loopback
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[ClientDocument]] = {}
         tls = ssl.create_default_context()  # the system store ...
@@ -371,7 +371,7 @@ class ClientDocuments:
                 ) from exc
             addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         # All, not any: a name that also resolves inward is an attack (or a mistake) whichever address we'd pick.
-        blocked = [a for a in addresses if not is_allowed_address(a, allow_loopback=self._allow_loopback)]
+        blocked = [a for a in addresses if not is_allowed_address(a, allow_loopback=self.allow_loopback)]
         if blocked or not addresses:
             raise ClientDocumentError(
                 "blocked_address",

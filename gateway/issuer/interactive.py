@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from gateway.issuer.authorization import (
     RedirectError,
     authorization_request,
     client_and_redirect,
+    display_name,
     redirect_host_allowed,
     redirect_with,
 )
@@ -38,7 +40,7 @@ from gateway.issuer.grants import Issued, grant_revoked, nest_act
 from gateway.issuer.oauth import Form, OAuthError, parse_form
 from gateway.issuer.pages import error_page, form_target, page
 from gateway.issuer.registration import RegistrationError, Registrations, read_registration, registration_response
-from gateway.issuer.sessions import Pending, SignIn, SignIns, csrf_ok
+from gateway.issuer.sessions import PENDING_TTL, Pending, SignIn, SignIns, csrf_ok, new_browser
 from gateway.issuer.throttle import AuthThrottle
 from gateway.state import RefreshGrant, RefreshReused, SharedState, refresh_token_hash
 from gateway.tokens.access_token import mint_access_token
@@ -51,6 +53,11 @@ LOGIN_PATH = "/login"
 CONSENT_PATH = "/consent"
 LOGOUT_PATH = "/logout"
 MAX_PAGE_FORM = 8 * 1024
+_USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_BROWSER = re.compile(r"^[A-Za-z0-9_-]{32}$")
+# A document that could not be fetched is named on the page only as that: which of these it was would tell a
+# stranger what answers at an address the issuer can reach (a port scanner). The audit keeps the reason.
+_NETWORK_REASONS = frozenset({"fetch_failed", "blocked_address", "redirect", "bad_status", "too_large", "timeout"})
 
 
 def granted_scopes(requested: tuple[str, ...], offered: list[str], person: tuple[str, ...]) -> tuple[str, ...]:
@@ -83,14 +90,50 @@ class Interactive:
     codes: AuthorizationCodes
     registrations: Registrations
     secrets: SecretChecker
-    throttle: AuthThrottle
+    throttle: AuthThrottle  # people's sign-in failures (its own budget, not the agents')
     emit: Callable[[AuditEvent], bool]
     clock: Callable[[], float] = time.time
 
     @property
     def cookie(self) -> str:
-        # `__Host-` makes browsers refuse the cookie unless it is Secure, host-only and for path / (RFC 6265bis).
-        return "__Host-tollbooth-session" if cookie_secure(self.config.issuer.url) else "tollbooth-session"
+        return self._cookie_name("session")
+
+    @property
+    def browser_cookie(self) -> str:
+        return self._cookie_name("browser")
+
+    def _cookie_name(self, name: str) -> str:
+        # `__Host-` makes browsers refuse the cookie unless it is Secure, host-only and for path / (RFC 6265bis), so
+        # a sibling subdomain cannot plant one.
+        return f"__Host-tollbooth-{name}" if cookie_secure(self.config.issuer.url) else f"tollbooth-{name}"
+
+    def _set_cookie(self, response: Response, name: str, value: str, max_age: float) -> None:
+        secure = cookie_secure(self.config.issuer.url)
+        response.set_cookie(name, value, max_age=int(max_age), path="/", secure=secure, httponly=True, samesite="lax")
+
+    def _browser(self, request: Request) -> str | None:
+        value = request.cookies.get(self.browser_cookie)
+        return value if value is not None and _BROWSER.match(value) else None
+
+    def _from_our_pages(self, request: Request) -> bool:
+        """A page's POST came from our own pages, as far as the browser says: Fetch Metadata, else Origin. A browser
+        that sends neither is an old one or not a browser; the csrf fields still hold for it."""
+        site = request.headers.get("sec-fetch-site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        origin = request.headers.get("origin")
+        if origin is None or origin == "null":  # no-referrer pages make Chromium send "null" for its own forms
+            return True
+        issuer = urlsplit(self.config.issuer.url)
+        return origin.lower() == f"{issuer.scheme}://{issuer.netloc}".lower()
+
+    def _person_scopes(self, signed_in: SignIn) -> tuple[str, ...] | None:
+        """What the person may grant now (None: they may not sign in any more): an embedded account is read from
+        the config each time, so a removed account or narrowed list takes effect within the session."""
+        if signed_in.source != "users":
+            return signed_in.scopes
+        user = self.config.login.users.get(signed_in.subject)
+        return None if user is None or user.password_hash is None else tuple(user.scopes)
 
     def _path(self, path: str) -> str:
         return urlsplit(self.config.issuer.url).path.rstrip("/") + path
@@ -131,7 +174,10 @@ class Interactive:
             if not redirect_host_allowed(redirect_uri, self.settings.redirect_hosts):
                 raise PageError("invalid_request", "the redirect_uri's host is not allowed here", "redirect_host")
         except ClientDocumentError as exc:
+            log.info("client metadata document refused: %s", exc.description)
             self._audit(request, "authorize.denied", 400, agent=_bounded(claimed), reason=exc.reason)
+            if exc.reason in _NETWORK_REASONS:
+                return error_page("invalid_client", "the client's metadata document could not be fetched")
             return error_page("invalid_client", f"the client's metadata document could not be used: {exc.description}")
         except PageError as exc:
             self._audit(request, "authorize.denied", 400, agent=_bounded(claimed), reason=exc.reason)
@@ -147,11 +193,17 @@ class Interactive:
             self._audit(request, "authorize.denied", 302, agent=client_id, reason=exc.reason)
             state = _first(params, "state")
             return self._back(redirect_uri, error=exc.error, error_description=exc.description, state=state)
-        key, pending = self.sessions.hold(checked, document.client_name or urlsplit(client_id).hostname or client_id)
+        browser = self._browser(request) or new_browser()
+        name = display_name(document.client_name, _client_host(client_id) or "an application")
+        key, pending = self.sessions.hold(checked, name, browser)
         signed_in = self.sessions.session(request.cookies.get(self.cookie))
-        if signed_in is not None:
-            return self._consent_page(key, pending, signed_in)
-        return self._login_page(key, pending)
+        scopes = self._person_scopes(signed_in) if signed_in is not None else None
+        if signed_in is not None and scopes is not None:
+            response = self._consent_page(key, pending, signed_in, scopes)
+        else:
+            response = self._login_page(key, pending)
+        self._set_cookie(response, self.browser_cookie, browser, PENDING_TTL)
+        return response
 
     def _back(self, redirect_uri: str, **values: str | None) -> Response:
         # RFC 9207: `iss` tells the client which server answered, against mix-up attacks.
@@ -169,14 +221,14 @@ class Interactive:
             csrf=pending.csrf,
             request_id=key,
             client_name=pending.client_name,
-            client_host=urlsplit(pending.request.client_id).hostname or "",
+            client_host=_client_host(pending.request.client_id),
             error=error,
             username=username,
         )
 
-    def _consent_page(self, key: str, pending: Pending, signed_in: SignIn) -> Response:
+    def _consent_page(self, key: str, pending: Pending, signed_in: SignIn, person: tuple[str, ...]) -> Response:
         request = pending.request
-        scopes = granted_scopes(request.scopes, self.settings.scopes, signed_in.scopes)
+        scopes = granted_scopes(request.scopes, self.settings.scopes, person)
         return page(
             "consent.html",
             title="Allow access",
@@ -186,7 +238,7 @@ class Interactive:
             csrf=signed_in.csrf,
             request_id=key,
             client_name=pending.client_name,
-            client_host=urlsplit(request.client_id).hostname or "",
+            client_host=_client_host(request.client_id),
             redirect_host=urlsplit(request.redirect_uri).netloc or request.redirect_uri.split(":", 1)[0],
             subject=signed_in.subject,
             scopes=scopes,
@@ -195,63 +247,66 @@ class Interactive:
     # POST /login ---------------------------------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
+        if not self._from_our_pages(request):
+            return error_page("invalid_request", "the sign-in form was sent from another site", 403)
         form = await _page_form(request)
         if form is None:
             return error_page("invalid_request", "the sign-in form could not be read")
         key = form.get("request")
-        pending = self.sessions.pending(key)
+        pending = self.sessions.pending(key, self._browser(request))
         if pending is None or key is None:
             return error_page("invalid_request", "this sign-in has expired: start again from the application", 400)
         if not csrf_ok(form.get("csrf"), pending.csrf):
             return error_page("invalid_request", "the sign-in form was not sent from this page", 403)
         username = (form.get("username") or "")[:64]
+        user = self.config.login.users.get(username)
+        # A password typed into the username field must not reach the audit log: only a name-shaped text does.
+        tried = username if _USERNAME.match(username) else "?"
         address = request.client.host if request.client else ""
-        account = f"login:{username}"
+        account = username if user is not None else None  # invented names share one budget ("?")
         wait = self.throttle.retry_after(address, account)
         if wait is not None:
             self._audit(
-                request, "login.failed", 429, subject=username, agent=pending.request.client_id, reason="throttled"
+                request, "login.failed", 429, subject=tried, agent=pending.request.client_id, reason="throttled"
             )
             return self._login_page(key, pending, f"Too many attempts. Try again in {wait} seconds.", username, 429)
-        user = self.config.login.users.get(username)
-        if not await self.secrets.matches(user.password_hash if user else None, form.get("password") or ""):
+        try:
+            matched = await self.secrets.matches(user.password_hash if user else None, form.get("password") or "")
+        except OAuthError:  # every password checker busy: a flood; the person may simply try again
+            return self._login_page(key, pending, "The service is busy. Try again in a moment.", username, 503)
+        if not matched:
             await self.throttle.failed(address, account, self.config.issuer.auth_failure_limits)
             self._audit(
-                request, "login.failed", 401, subject=username, agent=pending.request.client_id, reason="bad_password"
+                request, "login.failed", 401, subject=tried, agent=pending.request.client_id, reason="bad_password"
             )
             return self._login_page(key, pending, "The username or password is not right.", username, 401)
         assert user is not None
-        cookie, signed_in = self.sessions.start(username, tuple(user.scopes))
+        cookie, signed_in = self.sessions.start(username, tuple(user.scopes), "users")
         self._audit(request, "login.succeeded", 200, subject=username, agent=pending.request.client_id)
-        response = self._consent_page(key, pending, signed_in)
-        response.set_cookie(
-            self.cookie,
-            cookie,
-            max_age=int(self.settings.session_ttl),
-            path="/",
-            secure=cookie_secure(self.config.issuer.url),
-            httponly=True,
-            samesite="lax",
-        )
+        response = self._consent_page(key, pending, signed_in, tuple(user.scopes))
+        self._set_cookie(response, self.cookie, cookie, self.settings.session_ttl)
         return response
 
     # POST /consent -------------------------------------------------------------------------------------------------
 
     async def consent(self, request: Request) -> Response:
+        if not self._from_our_pages(request):
+            return error_page("invalid_request", "the consent form was sent from another site", 403)
         form = await _page_form(request)
         signed_in = self.sessions.session(request.cookies.get(self.cookie))
-        if form is None or signed_in is None:
+        person = self._person_scopes(signed_in) if signed_in is not None else None
+        if form is None or signed_in is None or person is None:
             return error_page("access_denied", "you are not signed in here any more: start again from the application")
         if not csrf_ok(form.get("csrf"), signed_in.csrf):
             return error_page("invalid_request", "the consent form was not sent from this page", 403)
-        pending = self.sessions.decided(form.get("request"))
+        pending = self.sessions.decided(form.get("request"), self._browser(request))
         if pending is None:
             return error_page("invalid_request", "this request has expired: start again from the application")
         checked = pending.request
         if form.get("decision") != "approve":
             self._audit(request, "consent.denied", 303, subject=signed_in.subject, agent=checked.client_id)
             return self._back(checked.redirect_uri, error="access_denied", state=checked.state)
-        scopes = granted_scopes(checked.scopes, self.settings.scopes, signed_in.scopes)
+        scopes = granted_scopes(checked.scopes, self.settings.scopes, person)
         code = self.codes.issue(checked, signed_in.subject, scopes)
         self._audit(
             request,
@@ -310,6 +365,8 @@ class Interactive:
     # POST /logout --------------------------------------------------------------------------------------------------
 
     async def logout(self, request: Request) -> Response:
+        if not self._from_our_pages(request):
+            return error_page("invalid_request", "the sign-out form was sent from another site", 403)
         form = await _page_form(request)
         cookie = request.cookies.get(self.cookie)
         signed_in = self.sessions.session(cookie)
@@ -425,6 +482,11 @@ def _unknown_refresh() -> OAuthError:
 def _first(params: dict[str, list[str]], name: str) -> str | None:
     values = params.get(name)
     return values[0] if values else None
+
+
+def _client_host(client_id: str) -> str:
+    """The host a document client_id names; "" for a registered client, whose id names nothing."""
+    return (urlsplit(client_id).hostname or "") if "://" in client_id else ""
 
 
 def _bounded(value: str | None) -> str:

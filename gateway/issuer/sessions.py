@@ -5,6 +5,7 @@ and lifetime, so a stolen or forged cookie value names nothing and a flood of re
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -24,7 +25,8 @@ MAX_ENTRIES = 10_000
 class SignIn:
     subject: str
     csrf: str  # the anti-CSRF token every form of this session carries
-    scopes: tuple[str, ...]  # what this person may grant
+    scopes: tuple[str, ...]  # what this person may grant, as their sign-in said (OIDC); accounts are re-read
+    source: str  # "users" (login.users) or "oidc"
     expires_at: float
 
 
@@ -33,6 +35,7 @@ class Pending:
     request: AuthorizationRequest
     client_name: str
     csrf: str  # the sign-in form's, before there is a session
+    browser: str  # SHA-256 of the browser cookie set with the request: only that browser may move it on
     expires_at: float
 
 
@@ -73,8 +76,8 @@ class SignIns:
         self._sessions: _Expiring[SignIn] = _Expiring(clock)
         self._pending: _Expiring[Pending] = _Expiring(clock)
 
-    def start(self, subject: str, scopes: tuple[str, ...]) -> tuple[str, SignIn]:
-        signed_in = SignIn(subject, secrets.token_urlsafe(24), scopes, self._clock() + self._session_ttl)
+    def start(self, subject: str, scopes: tuple[str, ...], source: str) -> tuple[str, SignIn]:
+        signed_in = SignIn(subject, secrets.token_urlsafe(24), scopes, source, self._clock() + self._session_ttl)
         return self._sessions.put(signed_in, signed_in.expires_at), signed_in
 
     def session(self, cookie: str | None) -> SignIn | None:
@@ -83,16 +86,36 @@ class SignIns:
     def end(self, cookie: str | None) -> None:
         self._sessions.pop(cookie)
 
-    def hold(self, request: AuthorizationRequest, client_name: str) -> tuple[str, Pending]:
-        pending = Pending(request, client_name, secrets.token_urlsafe(24), self._clock() + PENDING_TTL)
+    def hold(self, request: AuthorizationRequest, client_name: str, browser: str) -> tuple[str, Pending]:
+        """Keep `request` for the browser whose binding cookie is `browser` (new_browser())."""
+        pending = Pending(
+            request, client_name, secrets.token_urlsafe(24), browser_hash(browser), self._clock() + PENDING_TTL
+        )
         return self._pending.put(pending, pending.expires_at), pending
 
-    def pending(self, key: str | None) -> Pending | None:
-        return self._pending.get(key)
+    def pending(self, key: str | None, browser: str | None) -> Pending | None:
+        """The request `key` names, if the browser presenting it is the one it was held for. Without the binding,
+        an attacker could start a request, sign in the victim's browser as themselves (login CSRF) with its
+        request id and csrf, and collect what the victim then types for "their" client."""
+        pending = self._pending.get(key)
+        if pending is None or browser is None or not csrf_ok(browser_hash(browser), pending.browser):
+            return None
+        return pending
 
-    def decided(self, key: str | None) -> Pending | None:
+    def decided(self, key: str | None, browser: str | None) -> Pending | None:
         """The pending request, removed: a consent decision is taken once."""
-        return self._pending.pop(key)
+        pending = self.pending(key, browser)
+        if pending is not None:
+            self._pending.pop(key)
+        return pending
+
+
+def new_browser() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def browser_hash(browser: str) -> str:
+    return hashlib.sha256(browser.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def csrf_ok(sent: str | None, expected: str) -> bool:

@@ -1,5 +1,6 @@
-"""Failed client authentication, throttled (`issuer.auth_failure_limits`): per client address naming one agent,
-and per client address whatever it names.
+"""Failed authentication, throttled (`issuer.auth_failure_limits`). Agents: per client address naming one agent,
+and per client address whatever it names. People signing in (a budget of their own): per account from anywhere,
+since a password guesser spreads over many addresses, and per address whatever it names.
 
 Only failures are counted, in the rate limiter every replica shares (Redis when configured). A key whose failure
 budget is spent is held here until the limiter says it refills: requests on it are answered 429 before any secret
@@ -21,36 +22,52 @@ from gateway.state.ratelimit import RateLimiter, address_key
 # Keys look like a public route's per-address budget (so the in-memory limiter keeps them apart from agents' and
 # evicts them first), under a name no route can have: route names begin with a letter or digit.
 _BUDGET = "~token"
+LOGIN_BUDGET = "~login"
 UNKNOWN_CLIENT = "?"
 
 
-def failure_keys(address: str, client_id: str | None) -> tuple[str, str]:
-    """The per-client and per-address budgets that a failure from `address` naming `client_id` spends."""
-    per_address = address_key(_BUDGET, address)
-    return f"{per_address}:client:{client_id or UNKNOWN_CLIENT}", per_address
+def failure_keys(
+    address: str, client_id: str | None, budget: str = _BUDGET, everywhere: bool = False
+) -> tuple[str, str]:
+    """The per-client and per-address budgets that a failure from `address` naming `client_id` spends; with
+    `everywhere`, the per-client budget is the same from every address."""
+    per_address = address_key(budget, address)
+    per_client = address_key(budget, "*") if everywhere else per_address
+    return f"{per_client}:client:{client_id or UNKNOWN_CLIENT}", per_address
 
 
 class AuthThrottle:
     def __init__(
-        self, limiter: RateLimiter, *, clock: Callable[[], float] = time.monotonic, max_held: int = 100_000
+        self,
+        limiter: RateLimiter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_held: int = 100_000,
+        budget: str = _BUDGET,
+        everywhere: bool = False,
     ) -> None:
         self._limiter = limiter
         self._clock = clock
         self._max_held = max_held
+        self._budget = budget
+        self._everywhere = everywhere
         self._held: OrderedDict[str, float] = OrderedDict()  # key → when it may try again (self._clock)
 
     def retry_after(self, address: str, client_id: str | None) -> int | None:
         """Whole seconds to wait before trying again, when one of the request's budgets is spent; else None."""
         now = self._clock()
-        waits = [self._held[key] - now for key in failure_keys(address, client_id) if key in self._held]
+        waits = [self._held[key] - now for key in self._keys(address, client_id) if key in self._held]
         live = [wait for wait in waits if wait > 0]
         return max(1, math.ceil(max(live))) if live else None
 
     async def failed(self, address: str, client_id: str | None, limits: AuthFailureLimits) -> None:
         """Count one failed authentication; hold the budgets it spent."""
-        for key, limit in zip(failure_keys(address, client_id), (limits.per_client, limits.per_address), strict=True):
+        for key, limit in zip(self._keys(address, client_id), (limits.per_client, limits.per_address), strict=True):
             if limit is not None:
                 await self._count(key, limit)
+
+    def _keys(self, address: str, client_id: str | None) -> tuple[str, str]:
+        return failure_keys(address, client_id, self._budget, self._everywhere)
 
     async def _count(self, key: str, limit: RateLimit) -> None:
         verdict = await self._limiter.check(key, limit)

@@ -5,54 +5,16 @@ upstream sees the client acting for the person. Every refusal on the way issues 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import jwt
 import pytest
-import uvicorn
 from argon2 import PasswordHasher
-from people_support import field, pkce
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from support import Gateway, Upstream, free_port, serve_in_thread, start_gateway
+from people_support import ClientHost, field, pkce
+from support import Gateway, Upstream, start_gateway
 
 PASSWORD = "correct horse battery staple"
-CALLBACK = "http://127.0.0.1/callback"  # registered without a port: RFC 8252 §7.3 lets any port match
-
-
-@dataclass
-class ClientHost:
-    url: str  # the client_id: the document's own URL
-    fetched: list[str]
-
-
-@pytest.fixture(scope="module")
-def client_host() -> Iterator[ClientHost]:
-    """Serves the client's metadata document, recording each fetch."""
-    port = free_port()
-    host = ClientHost(f"http://127.0.0.1:{port}/oauth/client.json", [])
-
-    async def document(request: Request) -> Response:
-        host.fetched.append(request.url.path)
-        return JSONResponse(
-            {
-                "client_id": host.url,
-                "client_name": "Test IDE",
-                "redirect_uris": [CALLBACK],
-                "token_endpoint_auth_method": "none",
-            }
-        )
-
-    app = Starlette(routes=[Route("/oauth/client.json", document)])
-    stop = serve_in_thread(
-        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")), "client host"
-    )
-    yield host
-    stop()
 
 
 @pytest.fixture(scope="module")

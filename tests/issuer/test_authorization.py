@@ -17,6 +17,7 @@ from gateway.issuer.authorization import (
     authorization_request,
     check_redirect_uri,
     client_and_redirect,
+    display_name,
     redirect_host_allowed,
     redirect_matches,
     redirect_with,
@@ -91,6 +92,8 @@ def test_redirect_uris_match_exactly_except_a_loopback_port(requested: str, ok: 
         ("https://a.example/cb x", False),
         ("https://a.example/c\u00e9", False),
         ("https://a.example/cb;v=1", True),  # a ; in the path is fine
+        ("https://app.example.com@evil.example/cb", False),  # shows one host, sends the code to another
+        ("http://127.0.0.1@evil.example/cb", False),
     ],
 )
 def test_only_redirect_uris_that_carry_a_code_safely_are_usable(uri: str, usable: bool):
@@ -216,3 +219,17 @@ def test_the_consent_pages_form_action_names_only_a_plain_origin():
     assert form_target("https://app.example.com:8443/cb?x=1") == "https://app.example.com:8443"
     assert form_target("com.example.app:/oauth2redirect") == "com.example.app:"
     assert form_target("https://a.example,b;script-src */cb") == "'none'"
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("Claude Code", "Claude Code"),
+        (None, "client.example.com"),
+        ("\u200b\n\t", "client.example.com"),  # nothing printable: the host instead
+        ("Line one\nVerified by Tollbooth", "Line one Verified by Tollbooth"),  # one line, never page text
+        ("x" * 500, "x" * 59 + "…"),
+    ],
+)
+def test_a_clients_name_is_shown_printable_one_line_and_bounded(name: str | None, shown: str):
+    assert display_name(name, "client.example.com") == shown

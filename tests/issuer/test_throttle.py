@@ -69,6 +69,19 @@ def test_unknown_names_share_one_key_and_addresses_never_meet() -> None:
     assert failure_keys("10.0.0.1", "bot")[0] != failure_keys("10.0.0.11", "bot")[0]
 
 
+async def test_sign_in_failures_for_one_account_count_from_every_address(clock: Clock) -> None:
+    """A password guesser spreads over addresses: the people's budget is per account, wherever the guess is from,
+    and it is not the agents' budget (a flood of sign-ins never holds an agent's authentication)."""
+    limiter = LocalRateLimiter(clock=clock)
+    login = AuthThrottle(limiter, clock=clock, budget="~login", everywhere=True)
+    agents = AuthThrottle(limiter, clock=clock)
+    for n in range(3):
+        await login.failed(f"10.0.2.{n}", "alice", LIMITS)
+    assert login.retry_after("10.0.9.9", "alice") is not None
+    assert login.retry_after("10.0.9.9", "bob") is None
+    assert agents.retry_after("10.0.2.0", "alice") is None
+
+
 def _basic(text: str) -> str:
     return "Basic " + base64.b64encode(text.encode()).decode()
 

@@ -1,0 +1,157 @@
+"""Attacks on the sign-in and consent pages over real sockets: login CSRF with a request started elsewhere,
+cross-site form posts, an account removed while its session lives, and client_ids aimed at the issuer's own host.
+Each one is shown to issue nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+import yaml
+from argon2 import PasswordHasher
+from people_support import ClientHost, field, pkce
+from support import Gateway, Upstream, start_gateway, wait_until
+
+PASSWORD = "correct horse battery staple"
+USERS = {
+    "alice": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]},
+    "bob": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]},
+}
+
+
+@pytest.fixture(scope="module")
+def gw(upstream: Upstream, client_host: ClientHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = start_gateway(
+        tmp_path_factory.mktemp("interactive-attacks"),
+        upstream.url,
+        extra={"login": {"users": USERS}, "interactive": {"scopes": ["crm.read"]}},
+    )
+    yield gateway
+    gateway.stop()
+
+
+def start(browser: httpx2.Client, gw: Gateway, client_id: str) -> httpx2.Response:
+    _, challenge = pkce()
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": "http://127.0.0.1:50123/callback",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "s",
+    }
+    return browser.get(f"{gw.issuer_url}/oauth/authorize", params=params)
+
+
+def login_form(page: httpx2.Response, username: str = "alice") -> dict[str, str]:
+    return {
+        "csrf": field(page.text, "csrf"),
+        "request": field(page.text, "request"),
+        "username": username,
+        "password": PASSWORD,
+    }
+
+
+def test_a_sign_in_started_in_another_browser_cannot_be_finished_in_this_one(gw: Gateway, client_host: ClientHost):
+    """Login CSRF: the attacker starts a request, then has the victim's browser post its ids with the attacker's
+    password; the victim would be signed in as the attacker and consent to the attacker's client."""
+    with httpx2.Client(follow_redirects=False) as attacker, httpx2.Client(follow_redirects=False) as victim:
+        form = login_form(start(attacker, gw, client_host.url), username="bob")
+        answer = victim.post(f"{gw.issuer_url}/login", data=form)
+        assert answer.status_code == 400 and "expired" in answer.text
+        assert not any("session" in name for name in answer.cookies)
+        # The same fields from the browser that started it work: the refusal was the binding, nothing else.
+        assert attacker.post(f"{gw.issuer_url}/login", data=form).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"}, {"origin": "https://evil.example"}],
+)
+def test_a_form_posted_from_another_site_is_refused(gw: Gateway, client_host: ClientHost, headers: dict[str, str]):
+    with httpx2.Client(follow_redirects=False) as browser:
+        form = login_form(start(browser, gw, client_host.url))
+        refused = browser.post(f"{gw.issuer_url}/login", data=form, headers=headers)
+        assert refused.status_code == 403 and "another site" in refused.text
+        assert not any("session" in name for name in refused.cookies)
+        consent = browser.post(f"{gw.issuer_url}/login", data=form, headers={"sec-fetch-site": "same-origin"})
+        assert consent.status_code == 200 and "Allow" in consent.text
+        decision = {
+            "csrf": field(consent.text, "csrf"),
+            "request": field(consent.text, "request"),
+            "decision": "approve",
+        }
+        refused = browser.post(f"{gw.issuer_url}/consent", data=decision, headers=headers)
+        assert refused.status_code == 403 and "location" not in refused.headers
+
+
+def test_a_password_typed_as_the_username_is_not_audited(gw: Gateway, client_host: ClientHost):
+    with httpx2.Client(follow_redirects=False) as browser:
+        form = login_form(start(browser, gw, client_host.url), username="my secret pass!")
+        assert browser.post(f"{gw.issuer_url}/login", data=form).status_code == 401
+    gw.wait_audit(lambda e: e["event"] == "login.failed" and e.get("subject") == "?")
+    assert not any("my secret pass" in str(event) for event in gw.audit_events())
+
+
+def test_an_account_removed_during_its_session_can_no_longer_consent(gw: Gateway, client_host: ClientHost):
+    with httpx2.Client(follow_redirects=False) as browser:
+        consent = browser.post(f"{gw.issuer_url}/login", data=login_form(start(browser, gw, client_host.url), "bob"))
+        assert consent.status_code == 200
+        decision = {
+            "csrf": field(consent.text, "csrf"),
+            "request": field(consent.text, "request"),
+            "decision": "approve",
+        }
+        config = yaml.safe_load(gw.config_path.read_text())
+        config["login"]["users"].pop("bob")
+        gw.config_path.write_text(yaml.safe_dump(config))
+        try:
+            wait_until(
+                lambda: start(browser, gw, client_host.url).text.count('name="password"') == 1,
+                what="the reloaded config to forget bob: his session shows the sign-in page again",
+            )
+            refused = browser.post(f"{gw.issuer_url}/consent", data=decision)
+            assert "location" not in refused.headers and "not signed in" in refused.text
+        finally:
+            config["login"]["users"]["bob"] = USERS["bob"]
+            gw.config_path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def public_issuer(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """An issuer whose public URL is not loopback: loopback client_ids are its own host's ports, never documents."""
+    gateway = start_gateway(
+        tmp_path_factory.mktemp("public-issuer"),
+        upstream.url,
+        extra={"login": {"users": USERS}, "interactive": {"scopes": ["crm.read"]}},
+    )
+    config = yaml.safe_load(gateway.config_path.read_text())
+    config["issuer"]["url"] = "https://login.tollbooth.example"
+    gateway.config_path.write_text(yaml.safe_dump(config))
+    wait_until(
+        lambda: (
+            httpx2.get(f"{gateway.issuer_url}/.well-known/oauth-authorization-server").json()["issuer"]
+            == "https://login.tollbooth.example"
+        ),
+        what="the public issuer URL",
+    )
+    yield gateway
+    gateway.stop()
+
+
+def test_a_loopback_client_id_is_not_fetched_by_a_public_issuer(public_issuer: Gateway, client_host: ClientHost):
+    before = len(client_host.fetched)
+    with httpx2.Client(follow_redirects=False) as browser:
+        refused = start(browser, public_issuer, client_host.url)
+        closed = start(browser, public_issuer, "http://127.0.0.1:1/client.json")
+    assert refused.status_code == 400 and "could not be fetched" in refused.text
+    # A closed port and a refused address read the same: the page tells a stranger nothing about the host.
+    assert closed.status_code == 400
+    assert _page_message(refused.text) == _page_message(closed.text)
+    assert len(client_host.fetched) == before
+
+
+def _page_message(html: str) -> str:
+    start = html.index("<main>")
+    return html[start : html.index("</main>")]
