@@ -21,7 +21,7 @@ from gateway.metrics import CONFIG_LAST_RELOAD, CONFIG_RELOADS
 log = logging.getLogger("tollbooth.config")
 
 # Changing these needs a restart: they bind sockets or open connections at start.
-_RESTART_ONLY = ("proxy.listen", "issuer.listen", "admin.listen", "issuer.keys_dir", "redis", "audit")
+_RESTART_ONLY = ("proxy.listen", "issuer.listen", "admin.listen", "issuer.keys_dir", "redis", "audit", "tls")
 
 
 def fingerprint(paths: tuple[Path, ...]) -> str:

@@ -241,7 +241,14 @@ async def run_gateway(
     await audit.start()
     state = open_state(config.redis.url, revocations_file=config.issuer.revocations_file)
     await state.start()
-    gateway = Gateway(loaded=loaded, keys=keys, audit=audit, state=state, limiter=open_rate_limiter(config.redis.url))
+    gateway = Gateway(
+        loaded=loaded,
+        keys=keys,
+        audit=audit,
+        state=state,
+        limiter=open_rate_limiter(config.redis.url),
+        jwks=JwksCaches(ca_file=config.tls.ca_file),
+    )
     gateway.apply(loaded)
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 

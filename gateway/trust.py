@@ -24,6 +24,7 @@ import httpx2
 
 from gateway.config import TrustedIssuerConfig
 from gateway.metrics import JWKS_FETCHES
+from gateway.outbound import tls_context
 from gateway.tokens.access_token import (
     ACCESS_TOKEN_TYPES,
     InvalidToken,
@@ -136,8 +137,15 @@ class JwksCache:
 class JwksCaches:
     """One JwksCache per trusted issuer for the process: both apps and every config generation share it."""
 
-    def __init__(self, http: httpx2.AsyncClient | None = None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        http: httpx2.AsyncClient | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        ca_file: str | None = None,
+    ):
         self._http = http
+        self._ca_file = ca_file
         self._owns_http = http is None
         self._clock = clock
         self._caches: dict[tuple[str, str, tuple[str, ...]], JwksCache] = {}
@@ -148,7 +156,7 @@ class JwksCaches:
         cache = self._caches.get(key)
         if cache is None:
             if self._http is None:
-                self._http = httpx2.AsyncClient(follow_redirects=False)
+                self._http = httpx2.AsyncClient(follow_redirects=False, verify=tls_context(self._ca_file))
             cache = self._caches[key] = JwksCache(entry, self._http, clock=self._clock)
         return cache
 

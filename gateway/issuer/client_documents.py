@@ -19,7 +19,6 @@ import ipaddress
 import json
 import re
 import socket
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from typing import Any, Final
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import httpx2
+
+from gateway.outbound import tls_context
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -269,11 +270,8 @@ class ClientDocuments:
         self.allow_loopback = allow_loopback
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[ClientDocument]] = {}
-        tls = ssl.create_default_context()  # the system store ...
-        if ca_file is not None:
-            tls.load_verify_locations(cafile=ca_file)  # ... plus a private CA (DESIGN.md: tls.ca_file)
         self._http = httpx2.AsyncClient(
-            verify=tls,
+            verify=tls_context(ca_file),
             follow_redirects=False,
             # Proxies from the environment would resolve the name themselves, past our address check.
             trust_env=False,
