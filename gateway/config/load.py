@@ -141,6 +141,12 @@ def _check_references(config: Config, loaded: LoadedConfig) -> list[str]:
                 f"{where}: scopes: a public route takes no token, so it cannot require scopes "
                 "(remove `scopes` or `public: true`)"
             )
+    oidc = config.login.oidc
+    if oidc is not None and oidc.issuer.rstrip("/") == config.issuer.url.rstrip("/"):
+        problems.append(
+            f"{loaded.path}: login.oidc: issuer: {oidc.issuer} is this token service itself; name the organisation's "
+            "OpenID provider"
+        )
     return problems + _check_subject_prefixes(config, loaded.path)
 
 

@@ -234,8 +234,45 @@ class LoginUserConfig(Model):
         return check_scopes(scopes)
 
 
+class LoginOidcConfig(Model):
+    """Sign-in through the organisation's OpenID Connect provider: code flow with PKCE and a nonce; the ID token is
+    checked against the provider's JWKS (iss, aud, nonce, exp)."""
+
+    issuer: str  # discovery at {issuer}/.well-known/openid-configuration must name exactly this issuer
+    client_id: str
+    client_secret: str | None = None  # none: a public client (PKCE only)
+    subject_claim: str = "sub"  # the ID-token claim that becomes the token's `sub`
+    subject_prefix: str = ""  # put before every subject (okta:alice), so no IdP name can be an embedded account's
+    scopes_claim: str = ""  # a claim listing the scopes the person may grant (a list, or space-separated text)
+    default_scopes: list[str] = Field(default_factory=list)  # what a person may grant when scopes_claim is unset
+    provider_scopes: list[str] = Field(default_factory=lambda: ["openid"])  # asked of the provider
+    label: str = ""  # the sign-in button's text; default: "Sign in with <issuer host>"
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, issuer: str) -> str:
+        return https_or_loopback(issuer, "an OpenID provider's metadata")
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        return _subject_prefix(prefix)
+
+    @field_validator("default_scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        return check_scopes(scopes)
+
+    @field_validator("provider_scopes")
+    @classmethod
+    def _openid(cls, scopes: list[str]) -> list[str]:
+        # OIDC Core §3.1.2.1: without `openid` the provider answers as plain OAuth, with no ID token.
+        return scopes if "openid" in scopes else ["openid", *scopes]
+
+
 class LoginConfig(Model):
     users: dict[str, LoginUserConfig] = Field(default_factory=dict)
+    oidc: LoginOidcConfig | None = None
 
     @field_validator("users")
     @classmethod
@@ -294,20 +331,28 @@ class TrustedIssuerConfig(Model):
     @field_validator("subject_prefix")
     @classmethod
     def _prefix(cls, prefix: str) -> str:
-        # It becomes part of every subject: the same header- and audit-safe text as an identifier, and short.
-        if len(prefix) > 64 or not _PREFIX.match(prefix):
-            raise ValueError(f"{prefix!r}: use at most 64 letters, digits and . _ - : / @ (for example okta:)")
-        return prefix
+        return _subject_prefix(prefix)
 
     @field_validator("jwks_uri")
     @classmethod
     def _jwks_over_https(cls, uri: str) -> str:
-        # DESIGN.md: JWKS only over HTTPS; plain HTTP only for loopback (tests, sidecars).
-        parts = urlsplit(uri)
-        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-            raise ValueError(f"{uri!r}: a JWKS is fetched over https (plain http only for loopback addresses)")
-        return uri
+        return https_or_loopback(uri, "a JWKS")
+
+
+def _subject_prefix(prefix: str) -> str:
+    # It becomes part of every subject: the same header- and audit-safe text as an identifier, and short.
+    if len(prefix) > 64 or not _PREFIX.match(prefix):
+        raise ValueError(f"{prefix!r}: use at most 64 letters, digits and . _ - : / @ (for example okta:)")
+    return prefix
+
+
+def https_or_loopback(uri: str, what: str) -> str:
+    # DESIGN.md: keys and identity providers only over HTTPS; plain HTTP only for loopback (tests, sidecars).
+    parts = urlsplit(uri)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError(f"{uri!r}: {what} is fetched over https (plain http only for loopback addresses)")
+    return uri
 
 
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -33,12 +33,15 @@ from gateway.issuer.clients import (
     claimed_client_id,
 )
 from gateway.issuer.codes import AuthorizationCodes
+from gateway.issuer.federation import OpenIdProvider
 from gateway.issuer.grants import GRANT_TYPES, Issued, TokenService, grant_revoked
 from gateway.issuer.interactive import (
     AUTHORIZATION_CODE,
     CONSENT_PATH,
     LOGIN_PATH,
     LOGOUT_PATH,
+    OIDC_CALLBACK_PATH,
+    OIDC_PATH,
     Interactive,
 )
 from gateway.issuer.keystore import KeyStore
@@ -171,7 +174,9 @@ class IssuerApp:
         self._codes = AuthorizationCodes(clock=clock)
         self._registrations = Registrations(clock=clock)
         self._documents: ClientDocuments | None = None
-        self._retired: list[ClientDocuments] = []  # replaced when tls.ca_file changed; closed with the app
+        self._provider: OpenIdProvider | None = None  # login.oidc's, kept while its settings stay
+        # Replaced when their settings changed, still possibly in use by a request: closed with the app.
+        self._retired: list[ClientDocuments | OpenIdProvider] = []
         self.app = Starlette(
             routes=[
                 Route(TOKEN_PATH, self.token, methods=["POST"]),
@@ -179,6 +184,8 @@ class IssuerApp:
                 Route(LOGIN_PATH, self.login, methods=["POST"]),
                 Route(CONSENT_PATH, self.consent, methods=["POST"]),
                 Route(LOGOUT_PATH, self.logout, methods=["POST"]),
+                Route(OIDC_PATH, self.oidc_start, methods=["GET"]),
+                Route(OIDC_CALLBACK_PATH, self.oidc_callback, methods=["GET"]),
                 Route(REGISTER_PATH, self.register, methods=["POST"]),
                 Route(REVOKE_PATH, self.revoke, methods=["POST"]),
                 Route(INTROSPECT_PATH, self.introspect, methods=["POST"]),
@@ -196,8 +203,8 @@ class IssuerApp:
         if self._owns_jwks:
             await self._jwks.aclose()
         self._secrets.close()
-        for documents in [*self._retired, *([self._documents] if self._documents else [])]:
-            await documents.aclose()
+        for held in [*self._retired, *(part for part in (self._documents, self._provider) if part is not None)]:
+            await held.aclose()
 
     def _current(self) -> _Parts:
         config = self._config()
@@ -240,6 +247,7 @@ class IssuerApp:
                 self._retired.append(documents)
             documents = self._documents = ClientDocuments(ca_file=config.tls.ca_file, allow_loopback=loopback)
         return Interactive(
+            provider=self._openid_provider(config),
             config=config,
             settings=config.interactive,
             signing_key=lambda: self._keys().active,
@@ -253,6 +261,17 @@ class IssuerApp:
             emit=self._audit.emit,
             clock=self._clock,
         )
+
+    def _openid_provider(self, config: Config) -> OpenIdProvider | None:
+        settings = config.login.oidc
+        if self._provider is not None and self._provider.settings != settings:
+            self._retired.append(self._provider)
+            self._provider = None
+        if settings is not None and self._provider is None:
+            self._provider = OpenIdProvider(
+                settings, self._jwks, ca_file=config.tls.ca_file, leeway=config.proxy.clock_leeway, clock=self._clock
+            )
+        return self._provider
 
     def _subject_verifier(self, config: Config) -> SubjectVerifier:
         # The trusted issuers' JWKS caches live in self._jwks, so they stay warm across reloads.
@@ -409,6 +428,12 @@ class IssuerApp:
 
     async def register(self, request: Request) -> Response:
         return await self._page(request, "register")
+
+    async def oidc_start(self, request: Request) -> Response:
+        return await self._page(request, "oidc_start")
+
+    async def oidc_callback(self, request: Request) -> Response:
+        return await self._page(request, "oidc_callback")
 
     async def _page(self, request: Request, name: str) -> Response:
         interactive = self._current().interactive

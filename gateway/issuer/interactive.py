@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -32,10 +32,12 @@ from gateway.issuer.authorization import (
     display_name,
     redirect_host_allowed,
     redirect_with,
+    s256,
 )
 from gateway.issuer.client_documents import ClientDocument, ClientDocumentError, ClientDocuments, is_document_client_id
 from gateway.issuer.clients import SecretChecker, basic_credentials, invalid_client
 from gateway.issuer.codes import AuthorizationCodes, CodeReplayed
+from gateway.issuer.federation import FederationError, OpenIdProvider, authorization_url, person_of
 from gateway.issuer.grants import Issued, grant_revoked, nest_act
 from gateway.issuer.oauth import Form, OAuthError, parse_form
 from gateway.issuer.pages import error_page, form_target, page
@@ -52,6 +54,8 @@ AUTHORIZATION_CODE = "authorization_code"
 LOGIN_PATH = "/login"
 CONSENT_PATH = "/consent"
 LOGOUT_PATH = "/logout"
+OIDC_PATH = "/login/oidc"
+OIDC_CALLBACK_PATH = "/login/oidc/callback"
 MAX_PAGE_FORM = 8 * 1024
 _USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _BROWSER = re.compile(r"^[A-Za-z0-9_-]{32}$")
@@ -92,6 +96,7 @@ class Interactive:
     secrets: SecretChecker
     throttle: AuthThrottle  # people's sign-in failures (its own budget, not the agents')
     emit: Callable[[AuditEvent], bool]
+    provider: OpenIdProvider | None = None  # login.oidc
     clock: Callable[[], float] = time.time
 
     @property
@@ -129,11 +134,21 @@ class Interactive:
 
     def _person_scopes(self, signed_in: SignIn) -> tuple[str, ...] | None:
         """What the person may grant now (None: they may not sign in any more): an embedded account is read from
-        the config each time, so a removed account or narrowed list takes effect within the session."""
-        if signed_in.source != "users":
-            return signed_in.scopes
+        the config each time, so a removed account or narrowed list takes effect within the session; a
+        provider's person keeps what their ID token said while `login.oidc` stays."""
+        if signed_in.source == "oidc":
+            federated = self.config.login.oidc is not None and signed_in.subject not in self.config.login.users
+            return signed_in.scopes if federated else None
         user = self.config.login.users.get(signed_in.subject)
         return None if user is None or user.password_hash is None else tuple(user.scopes)
+
+    def _grantable(self, subject: str, granted: tuple[str, ...]) -> tuple[str, ...]:
+        """At a refresh, what of `granted` the person may still grant: an account's list as it is now; a provider's
+        person cannot be asked again, so their grant stands while `login.oidc` does."""
+        user = self.config.login.users.get(subject)
+        if user is not None:
+            return tuple(user.scopes) if user.password_hash is not None else ()
+        return granted if self.config.login.oidc is not None else ()
 
     def _path(self, path: str) -> str:
         return urlsplit(self.config.issuer.url).path.rstrip("/") + path
@@ -217,6 +232,9 @@ class Interactive:
             "login.html",
             status,
             title="Sign in",
+            passwords=bool(self.config.login.users),
+            federation=self.provider.label if self.provider else "",
+            federation_link=f"{self._path(OIDC_PATH)}?{urlencode({'request': key})}",
             action=self._path(LOGIN_PATH),
             csrf=pending.csrf,
             request_id=key,
@@ -284,6 +302,67 @@ class Interactive:
         cookie, signed_in = self.sessions.start(username, tuple(user.scopes), "users")
         self._audit(request, "login.succeeded", 200, subject=username, agent=pending.request.client_id)
         response = self._consent_page(key, pending, signed_in, tuple(user.scopes))
+        self._set_cookie(response, self.cookie, cookie, self.settings.session_ttl)
+        return response
+
+    # GET /login/oidc and its callback: sign-in at the organisation's OpenID provider -----------------------------
+
+    async def oidc_start(self, request: Request) -> Response:
+        """Send the person to the provider, for the pending request the sign-in page named."""
+        if self.provider is None:
+            return error_page("invalid_request", "sign-in through an OpenID provider is not configured here", 404)
+        browser = self._browser(request)
+        key = request.query_params.get("request")
+        pending = self.sessions.pending(key, browser)
+        if pending is None or key is None or browser is None:
+            return error_page("invalid_request", "this sign-in has expired: start again from the application", 400)
+        try:
+            metadata = await self.provider.metadata()
+        except FederationError as exc:
+            self._audit(request, "login.failed", 503, agent=pending.request.client_id, reason=exc.reason)
+            return self._login_page(key, pending, "The sign-in provider cannot be reached. Try again shortly.", "", 503)
+        state, federation = self.sessions.federate(key, browser)
+        target = authorization_url(
+            metadata,
+            self.provider.settings,
+            redirect_uri=self._oidc_callback(),
+            state=state,
+            nonce=federation.nonce,
+            challenge=s256(federation.verifier),
+        )
+        return RedirectResponse(target, status_code=303, headers={"cache-control": "no-store"})
+
+    def _oidc_callback(self) -> str:
+        return self.config.issuer.url.rstrip("/") + OIDC_CALLBACK_PATH
+
+    async def oidc_callback(self, request: Request) -> Response:
+        """The provider's answer (OIDC Core §3.1.2.5): redeem the code, check the ID token, sign the person in."""
+        if self.provider is None:
+            return error_page("invalid_request", "sign-in through an OpenID provider is not configured here", 404)
+        params = request.query_params
+        browser = self._browser(request)
+        federation = self.sessions.federated(params.get("state"), browser)
+        pending = self.sessions.pending(federation.request, browser) if federation else None
+        if federation is None or pending is None:
+            # An answer this browser did not ask for: a replayed or planted callback (login CSRF) is refused here.
+            self._audit(request, "login.failed", 400, reason="oidc_state")
+            return error_page("invalid_request", "this sign-in has expired or was started elsewhere: start again", 400)
+        code = params.get("code")
+        try:
+            if params.get("error") or not code:
+                raise FederationError("oidc_error", "the sign-in at the provider did not complete")
+            claims = await self.provider.redeem(
+                code, verifier=federation.verifier, redirect_uri=self._oidc_callback(), nonce=federation.nonce
+            )
+            subject, scopes = person_of(claims, self.provider.settings, self.config.login.users)
+        except FederationError as exc:
+            status = 503 if exc.reason == "oidc_unavailable" else 401
+            self._audit(request, "login.failed", status, agent=pending.request.client_id, reason=exc.reason)
+            message = f"{exc.description[:1].upper()}{exc.description[1:]}."
+            return self._login_page(federation.request, pending, message, "", status)
+        cookie, signed_in = self.sessions.start(subject, scopes, "oidc")
+        self._audit(request, "login.succeeded", 200, subject=subject, agent=pending.request.client_id)
+        response = self._consent_page(federation.request, pending, signed_in, scopes)
         self._set_cookie(response, self.cookie, cookie, self.settings.session_ttl)
         return response
 
@@ -427,9 +506,9 @@ class Interactive:
         if grant_revoked(self.state.revocations, family):
             await self.state.revoke_family(family.family)
             raise OAuthError("invalid_grant", "the refresh token has been revoked", reason="revoked")
-        person = self.config.login.users.get(family.subject)
         # What the person and the config still allow: a removed account or a narrowed scope list ends the grant.
-        allowed = [s for s in family.scopes if s in self.settings.scopes and person is not None and s in person.scopes]
+        person = self._grantable(family.subject, family.scopes)
+        allowed = [s for s in family.scopes if s in self.settings.scopes and s in person]
         requested = form.get("scope")
         scopes = tuple(s for s in allowed if requested is None or s in requested.split())
         if requested is not None and any(s not in allowed for s in requested.split()):

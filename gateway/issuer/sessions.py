@@ -39,6 +39,17 @@ class Pending:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Federation:
+    """A sign-in sent to the OpenID provider: what its answer must match, and what it continues."""
+
+    request: str  # the pending authorization request's key
+    nonce: str
+    verifier: str  # PKCE toward the provider
+    browser: str  # as in Pending: the answer must come back to the browser that left
+    expires_at: float
+
+
 class _Expiring(Generic[T]):
     """Random-id → value with a deadline each, the oldest dropped past `limit`."""
 
@@ -75,6 +86,7 @@ class SignIns:
         self._session_ttl = session_ttl
         self._sessions: _Expiring[SignIn] = _Expiring(clock)
         self._pending: _Expiring[Pending] = _Expiring(clock)
+        self._federations: _Expiring[Federation] = _Expiring(clock)
 
     def start(self, subject: str, scopes: tuple[str, ...], source: str) -> tuple[str, SignIn]:
         signed_in = SignIn(subject, secrets.token_urlsafe(24), scopes, source, self._clock() + self._session_ttl)
@@ -108,6 +120,24 @@ class SignIns:
         if pending is not None:
             self._pending.pop(key)
         return pending
+
+    def federate(self, request: str, browser: str) -> tuple[str, Federation]:
+        """Send the sign-in for pending request `request` to the provider; the key is the OAuth `state`."""
+        federation = Federation(
+            request,
+            secrets.token_urlsafe(24),
+            secrets.token_urlsafe(48),
+            browser_hash(browser),
+            self._clock() + PENDING_TTL,
+        )
+        return self._federations.put(federation, federation.expires_at), federation
+
+    def federated(self, state: str | None, browser: str | None) -> Federation | None:
+        """The provider's answer's sign-in, spent: a state is good once, and only in the browser that left."""
+        federation = self._federations.pop(state)
+        if federation is None or browser is None or not csrf_ok(browser_hash(browser), federation.browser):
+            return None
+        return federation
 
 
 def new_browser() -> str:
