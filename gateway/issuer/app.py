@@ -55,6 +55,7 @@ from gateway.issuer.oauth import (
     parse_form,
     too_large,
 )
+from gateway.issuer.pages import error_page
 from gateway.issuer.registration import REGISTER_PATH, Registrations
 from gateway.issuer.sessions import SignIns
 from gateway.issuer.subjects import SubjectVerifier
@@ -170,9 +171,9 @@ class IssuerApp:
         self._throttle = AuthThrottle(limiter)
         self._login_throttle = AuthThrottle(limiter, budget=LOGIN_BUDGET, everywhere=True)
         # People's sign-ins, pending requests, codes and fetched client documents outlive a config reload.
-        self._sign_ins: SignIns | None = None
-        self._codes = AuthorizationCodes(clock=clock)
-        self._registrations = Registrations(clock=clock)
+        self._sign_ins = SignIns(state.ephemeral, clock=clock)
+        self._codes = AuthorizationCodes(state.ephemeral, clock=clock)
+        self._registrations = Registrations(state.ephemeral, clock=clock)
         self._documents: ClientDocuments | None = None
         self._provider: OpenIdProvider | None = None  # login.oidc's, kept while its settings stay
         # Replaced when their settings changed, still possibly in use by a request: closed with the app.
@@ -235,8 +236,6 @@ class IssuerApp:
     def _interactive(self, config: Config) -> Interactive | None:
         if config.interactive is None:
             return None
-        if self._sign_ins is None:
-            self._sign_ins = SignIns(session_ttl=config.interactive.session_ttl, clock=self._clock)
         # Loopback documents only for an issuer on loopback (a developer's machine): elsewhere a client_id naming
         # 127.0.0.1 would have the issuer probe its own host's ports for a stranger.
         loopback = is_loopback_host(urlsplit(config.issuer.url).hostname or "")
@@ -356,7 +355,12 @@ class IssuerApp:
                 form = await _read_form(request)
             except OAuthError as error:
                 return self._refused(request, started, error, None)
-            if _interactive_grant(form, request.headers.get("authorization"), self._config(), self._registrations):
+            authorization = request.headers.get("authorization")
+            try:
+                ours = await _interactive_grant(form, authorization, self._config(), self._registrations)
+            except StateUnavailable as exc:
+                return self._refused(request, started, _unavailable(exc), None)
+            if ours:
                 return await self._code_grant(request, started, interactive, form)
         try:
             parts, form, client = await self._authenticated(request, TOKEN_PATH)
@@ -405,9 +409,8 @@ class IssuerApp:
         """RFC 6749 §3.1. Without `interactive:` in the config there is no response type to grant and no one to
         sign in: answered to the caller, never by redirect (no client registered a redirect URI here, and
         §4.1.2.1 forbids redirecting to one that is not registered: RFC 9700 §4.11's open redirector)."""
-        interactive = self._current().interactive
-        if interactive is not None and request.method == "GET":
-            return await interactive.authorize(request)
+        if self._current().interactive is not None and request.method == "GET":
+            return await self._page(request, "authorize")
         token_endpoint = endpoint(self._config(), TOKEN_PATH)
         return error_response(
             OAuthError(
@@ -440,7 +443,11 @@ class IssuerApp:
         if interactive is None:
             return Response(status_code=404)
         handler: Callable[[Request], Any] = getattr(interactive, name)
-        response: Response = await handler(request)
+        try:
+            response: Response = await handler(request)
+        except StateUnavailable as exc:
+            log.error("people's sign-in state unavailable: %s", exc)
+            return error_page("server_error", "Signing in is unavailable for a moment. Try again shortly.", 503)
         return response
 
     async def revoke(self, request: Request) -> Response:
@@ -563,7 +570,7 @@ class IssuerApp:
         return JSONResponse(authorization_server_metadata(config), headers={"cache-control": "public, max-age=300"})
 
 
-def _interactive_grant(form: Form, authorization: str | None, config: Config, registered: Registrations) -> bool:
+async def _interactive_grant(form: Form, authorization: str | None, config: Config, registered: Registrations) -> bool:
     """A request the interactive flow answers: a code, or a refresh token of a client that is not an agent: a
     registered one, or one that sends no credentials (agents' refresh tokens stay with the agent path and its
     client authentication)."""
@@ -580,7 +587,7 @@ def _interactive_grant(form: Form, authorization: str | None, config: Config, re
             return False
     if client_id is None or client_id in config.agents:
         return False
-    return registered.get(client_id) is not None or not (authorization or form.get("client_secret"))
+    return await registered.get(client_id) is not None or not (authorization or form.get("client_secret"))
 
 
 async def _read_form(request: Request) -> Form:

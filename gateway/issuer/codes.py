@@ -1,23 +1,32 @@
 """Authorization codes: single use, short-lived, bound to what they were issued for (OAuth 2.1 §4.1.3, RFC 9700
-§4.5). A code is kept only as its SHA-256, so a memory dump shows no redeemable code. A code presented a second
-time is an attack on one of the two holders (RFC 6749 §4.1.2): it is refused and what the first redemption
-issued is handed back for revocation.
+§4.5), kept in the shared records so any replica redeems them, and only as their SHA-256, so a dump of the store
+shows no redeemable code. A code presented a second time is an attack on one of the two holders (RFC 6749
+§4.1.2): it is refused and what the first redemption issued is revoked.
+
+Records: code:<hash> (the grant; taken atomically, so one redemption wins), spent:<hash> (it was redeemed),
+replayed:<hash> (it came back), issued:<hash> (a list: what the redemption minted). A replay sets `replayed` and
+then reads `issued`; a redemption appends to `issued` and then reads `replayed`: whichever way two replicas
+interleave, every token of a replayed code is revoked by one of them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from gateway.issuer.authorization import AuthorizationRequest, verifier_matches
 from gateway.issuer.oauth import OAuthError
+from gateway.state.ephemeral import Ephemeral
 
 CODE_TTL = 60.0  # DESIGN.md: ≤ 60 s; a client redeems its code within a second of the redirect
-# Spent codes are remembered this long past expiry, so a replay is recognised as one rather than as unknown.
+# Spent codes are remembered this long, so a replay is recognised as one rather than as unknown.
 _SPENT_MEMORY = 600.0
+_GRACE = 60.0  # an expired code is kept this long to say "expired" rather than "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +35,6 @@ class CodeGrant:
     subject: str  # the person who signed in and consented
     scopes: tuple[str, ...]  # what they granted (already narrowed)
     expires_at: float
-
-
-@dataclass(slots=True)
-class _Entry:
-    grant: CodeGrant
-    spent: bool = False
-    issued: list[tuple[str, str]] = field(default_factory=list)  # ("jti" | "family", id) the redemption produced
 
 
 class CodeReplayed(OAuthError):
@@ -51,28 +53,37 @@ def _invalid(description: str, reason: str) -> OAuthError:
     return OAuthError("invalid_grant", description, reason=reason)
 
 
+def _grant(raw: str) -> CodeGrant:
+    data: dict[str, Any] = json.loads(raw)
+    request = AuthorizationRequest(**{**data["request"], "scopes": tuple(data["request"]["scopes"])})
+    return CodeGrant(request, data["subject"], tuple(data["scopes"]), data["expires_at"])
+
+
 class AuthorizationCodes:
-    def __init__(self, *, ttl: float = CODE_TTL, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Ephemeral, *, ttl: float = CODE_TTL, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
         self._ttl = ttl
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
 
-    def issue(self, request: AuthorizationRequest, subject: str, scopes: tuple[str, ...]) -> str:
-        self._forget_expired()
+    async def issue(self, request: AuthorizationRequest, subject: str, scopes: tuple[str, ...]) -> str:
         code = secrets.token_urlsafe(32)
-        self._entries[_hash(code)] = _Entry(CodeGrant(request, subject, scopes, self._clock() + self._ttl))
+        grant = CodeGrant(request, subject, scopes, self._clock() + self._ttl)
+        await self._store.put(f"code:{_hash(code)}", json.dumps(asdict(grant)), self._ttl + _GRACE)
         return code
 
-    def redeem(self, code: str, *, client_id: str, redirect_uri: str | None, verifier: str | None) -> CodeGrant:
+    async def redeem(self, code: str, *, client_id: str, redirect_uri: str | None, verifier: str | None) -> CodeGrant:
         """The grant behind `code`, spent now; OAuthError (invalid_grant) when anything does not match. Any
         mismatch spends the code too: a guess at the verifier gets one try."""
-        entry = self._entries.get(_hash(code))
-        if entry is None or entry.grant.expires_at + _SPENT_MEMORY < self._clock():
+        name = _hash(code)
+        raw = await self._store.take(f"code:{name}")
+        if raw is None:
+            if await self._store.get(f"spent:{name}") is not None:
+                await self._store.put(f"replayed:{name}", "1", _SPENT_MEMORY)
+                issued = [tuple(item.split(" ", 1)) for item in await self._store.items(f"issued:{name}")]
+                raise CodeReplayed([(kind, value) for kind, value in issued])
             raise _invalid("the authorization code is invalid or expired", "unknown_code")
-        if entry.spent:
-            raise CodeReplayed(list(entry.issued))
-        entry.spent = True
-        grant = entry.grant
+        await self._store.put(f"spent:{name}", "1", _SPENT_MEMORY)
+        grant = _grant(raw)
         if grant.expires_at < self._clock():
             raise _invalid("the authorization code is invalid or expired", "code_expired")
         if client_id != grant.request.client_id:
@@ -85,14 +96,9 @@ class AuthorizationCodes:
             raise _invalid("the code_verifier does not match the code_challenge", "pkce_mismatch")
         return grant
 
-    def record_issued(self, code: str, kind: str, issued: str) -> None:
+    async def record_issued(self, code: str, kind: str, issued: str) -> bool:
         """Remember a token's jti (`kind` "jti") or a refresh family ("family") a redemption produced, for
-        revocation should the code come back."""
-        entry = self._entries.get(_hash(code))
-        if entry is not None:
-            entry.issued.append((kind, issued))
-
-    def _forget_expired(self) -> None:
-        cutoff = self._clock() - _SPENT_MEMORY
-        for key in [key for key, entry in self._entries.items() if entry.grant.expires_at < cutoff]:
-            del self._entries[key]
+        revocation should the code come back. False: it already came back, so revoke this one now."""
+        name = _hash(code)
+        await self._store.append(f"issued:{name}", f"{kind} {issued}", _SPENT_MEMORY)
+        return await self._store.get(f"replayed:{name}") is None

@@ -41,7 +41,13 @@ from gateway.issuer.federation import FederationError, OpenIdProvider, authoriza
 from gateway.issuer.grants import Issued, grant_revoked, nest_act
 from gateway.issuer.oauth import Form, OAuthError, parse_form
 from gateway.issuer.pages import error_page, form_target, page
-from gateway.issuer.registration import RegistrationError, Registrations, read_registration, registration_response
+from gateway.issuer.registration import (
+    RegistrationError,
+    Registrations,
+    read_registration,
+    registration_response,
+    secret_matches,
+)
 from gateway.issuer.sessions import PENDING_TTL, Pending, SignIn, SignIns, csrf_ok, new_browser
 from gateway.issuer.throttle import AuthThrottle
 from gateway.state import RefreshGrant, RefreshReused, SharedState, refresh_token_hash
@@ -172,7 +178,7 @@ class Interactive:
             return None  # an agent's client_id is never a person's client, however it is spelled
         if self._is_document(client_id):
             return await self.documents.fetch(client_id)
-        registered = self.registrations.get(client_id) if self.settings.dynamic_registration else None
+        registered = await self.registrations.get(client_id) if self.settings.dynamic_registration else None
         return registered.document if registered else None
 
     def _is_document(self, client_id: str) -> bool:
@@ -198,7 +204,7 @@ class Interactive:
             self._audit(request, "authorize.denied", 400, agent=_bounded(claimed), reason=exc.reason)
             return error_page(exc.error, exc.description)
         assert document is not None
-        if self.registrations.get(client_id) is None and document.token_endpoint_auth_method != "none":  # noqa: S105
+        if self._is_document(client_id) and document.token_endpoint_auth_method != "none":  # noqa: S105
             # Keys for private_key_jwt would come from the document's jwks; only public clients are taken so far.
             self._audit(request, "authorize.denied", 400, agent=client_id, reason="client_auth_method")
             return error_page("invalid_client", "only public clients (token_endpoint_auth_method none) sign in here")
@@ -210,8 +216,8 @@ class Interactive:
             return self._back(redirect_uri, error=exc.error, error_description=exc.description, state=state)
         browser = self._browser(request) or new_browser()
         name = display_name(document.client_name, _client_host(client_id) or "an application")
-        key, pending = self.sessions.hold(checked, name, browser)
-        signed_in = self.sessions.session(request.cookies.get(self.cookie))
+        key, pending = await self.sessions.hold(checked, name, browser)
+        signed_in = await self.sessions.session(request.cookies.get(self.cookie))
         scopes = self._person_scopes(signed_in) if signed_in is not None else None
         if signed_in is not None and scopes is not None:
             response = self._consent_page(key, pending, signed_in, scopes)
@@ -271,7 +277,7 @@ class Interactive:
         if form is None:
             return error_page("invalid_request", "the sign-in form could not be read")
         key = form.get("request")
-        pending = self.sessions.pending(key, self._browser(request))
+        pending = await self.sessions.pending(key, self._browser(request))
         if pending is None or key is None:
             return error_page("invalid_request", "this sign-in has expired: start again from the application", 400)
         if not csrf_ok(form.get("csrf"), pending.csrf):
@@ -299,7 +305,7 @@ class Interactive:
             )
             return self._login_page(key, pending, "The username or password is not right.", username, 401)
         assert user is not None
-        cookie, signed_in = self.sessions.start(username, tuple(user.scopes), "users")
+        cookie, signed_in = await self.sessions.start(username, tuple(user.scopes), "users", self.settings.session_ttl)
         self._audit(request, "login.succeeded", 200, subject=username, agent=pending.request.client_id)
         response = self._consent_page(key, pending, signed_in, tuple(user.scopes))
         self._set_cookie(response, self.cookie, cookie, self.settings.session_ttl)
@@ -313,7 +319,7 @@ class Interactive:
             return error_page("invalid_request", "sign-in through an OpenID provider is not configured here", 404)
         browser = self._browser(request)
         key = request.query_params.get("request")
-        pending = self.sessions.pending(key, browser)
+        pending = await self.sessions.pending(key, browser)
         if pending is None or key is None or browser is None:
             return error_page("invalid_request", "this sign-in has expired: start again from the application", 400)
         try:
@@ -321,7 +327,7 @@ class Interactive:
         except FederationError as exc:
             self._audit(request, "login.failed", 503, agent=pending.request.client_id, reason=exc.reason)
             return self._login_page(key, pending, "The sign-in provider cannot be reached. Try again shortly.", "", 503)
-        state, federation = self.sessions.federate(key, browser)
+        state, federation = await self.sessions.federate(key, browser)
         target = authorization_url(
             metadata,
             self.provider.settings,
@@ -341,8 +347,8 @@ class Interactive:
             return error_page("invalid_request", "sign-in through an OpenID provider is not configured here", 404)
         params = request.query_params
         browser = self._browser(request)
-        federation = self.sessions.federated(params.get("state"), browser)
-        pending = self.sessions.pending(federation.request, browser) if federation else None
+        federation = await self.sessions.federated(params.get("state"), browser)
+        pending = await self.sessions.pending(federation.request, browser) if federation else None
         if federation is None or pending is None:
             # An answer this browser did not ask for: a replayed or planted callback (login CSRF) is refused here.
             self._audit(request, "login.failed", 400, reason="oidc_state")
@@ -360,7 +366,7 @@ class Interactive:
             self._audit(request, "login.failed", status, agent=pending.request.client_id, reason=exc.reason)
             message = f"{exc.description[:1].upper()}{exc.description[1:]}."
             return self._login_page(federation.request, pending, message, "", status)
-        cookie, signed_in = self.sessions.start(subject, scopes, "oidc")
+        cookie, signed_in = await self.sessions.start(subject, scopes, "oidc", self.settings.session_ttl)
         self._audit(request, "login.succeeded", 200, subject=subject, agent=pending.request.client_id)
         response = self._consent_page(federation.request, pending, signed_in, scopes)
         self._set_cookie(response, self.cookie, cookie, self.settings.session_ttl)
@@ -372,13 +378,13 @@ class Interactive:
         if not self._from_our_pages(request):
             return error_page("invalid_request", "the consent form was sent from another site", 403)
         form = await _page_form(request)
-        signed_in = self.sessions.session(request.cookies.get(self.cookie))
+        signed_in = await self.sessions.session(request.cookies.get(self.cookie))
         person = self._person_scopes(signed_in) if signed_in is not None else None
         if form is None or signed_in is None or person is None:
             return error_page("access_denied", "you are not signed in here any more: start again from the application")
         if not csrf_ok(form.get("csrf"), signed_in.csrf):
             return error_page("invalid_request", "the consent form was not sent from this page", 403)
-        pending = self.sessions.decided(form.get("request"), self._browser(request))
+        pending = await self.sessions.decided(form.get("request"), self._browser(request))
         if pending is None:
             return error_page("invalid_request", "this request has expired: start again from the application")
         checked = pending.request
@@ -386,7 +392,7 @@ class Interactive:
             self._audit(request, "consent.denied", 303, subject=signed_in.subject, agent=checked.client_id)
             return self._back(checked.redirect_uri, error="access_denied", state=checked.state)
         scopes = granted_scopes(checked.scopes, self.settings.scopes, person)
-        code = self.codes.issue(checked, signed_in.subject, scopes)
+        code = await self.codes.issue(checked, signed_in.subject, scopes)
         self._audit(
             request,
             "consent.granted",
@@ -414,13 +420,13 @@ class Interactive:
         except RegistrationError as exc:
             self._audit(request, "client.registration_denied", 400, reason=exc.error)
             return _registration_error(exc.error, exc.description)
-        registered, secret = self.registrations.register(uris, name, method)
+        registered, secret = await self.registrations.register(uris, name, method)
         self._audit(request, "client.registered", 201, agent=registered.document.client_id)
         return JSONResponse(
             registration_response(registered, secret), status_code=201, headers={"cache-control": "no-store"}
         )
 
-    def _client_id(self, form: Form, authorization: str | None) -> str:
+    async def _client_id(self, form: Form, authorization: str | None) -> str:
         """Who presents a code or refresh token: a registered confidential client proves its secret (Basic or in
         the body, RFC 6749 §2.3.1), a public one only names itself (the code's PKCE or refresh token proves it)."""
         secret = form.get("client_secret")
@@ -429,13 +435,13 @@ class Interactive:
             client_id, secret = basic_credentials(authorization)[0]
         if client_id is None:
             raise OAuthError("invalid_request", "the client_id parameter is missing", reason="missing_parameter")
-        registered = self.registrations.get(client_id)
+        registered = await self.registrations.get(client_id)
         if client_id in self.config.agents or (registered is None and not self._is_document(client_id)):
             # Neither a document URL nor a live registration: a registration forgotten (restart, eviction) must not
             # turn its client public, or its stolen refresh token would work without the secret.
             raise invalid_client("this client is not known to the token service", "unknown_client")
         if registered is not None and registered.secret_hash is not None:
-            if not self.registrations.secret_matches(client_id, secret):
+            if not secret_matches(registered, secret):
                 raise invalid_client("the client secret is wrong", "bad_secret", basic=bool(authorization))
         elif secret is not None:
             raise invalid_client("this client is public: it has no secret", "unexpected_secret")
@@ -448,9 +454,9 @@ class Interactive:
             return error_page("invalid_request", "the sign-out form was sent from another site", 403)
         form = await _page_form(request)
         cookie = request.cookies.get(self.cookie)
-        signed_in = self.sessions.session(cookie)
+        signed_in = await self.sessions.session(cookie)
         if signed_in is not None and form is not None and csrf_ok(form.get("csrf"), signed_in.csrf):
-            self.sessions.end(cookie)
+            await self.sessions.end(cookie)
         response = error_page("access_denied", "You are signed out. You can close this page.", 200)
         response.delete_cookie(self.cookie, path="/", secure=cookie_secure(self.config.issuer.url), httponly=True)
         return response
@@ -459,10 +465,10 @@ class Interactive:
 
     async def exchange(self, form: Form, authorization: str | None) -> Issued:
         """A client's code → an access token for the person, with the client as actor."""
-        client_id = self._client_id(form, authorization)
+        client_id = await self._client_id(form, authorization)
         code = form.require("code")
         try:
-            grant = self.codes.redeem(
+            grant = await self.codes.redeem(
                 code, client_id=client_id, redirect_uri=form.get("redirect_uri"), verifier=form.get("code_verifier")
             )
         except CodeReplayed as replayed:
@@ -474,7 +480,8 @@ class Interactive:
                     await self.state.revoke_jti(issued, self.clock() + self.settings.max_token_ttl)
             raise
         token, claims = self._mint(grant.subject, client_id, grant.scopes, grant.request.resource)
-        self.codes.record_issued(code, "jti", claims["jti"])
+        if not await self.codes.record_issued(code, "jti", claims["jti"]):
+            await self._replayed_meanwhile(claims, None)
         # A person's device holds no secret, so its refresh tokens rotate on every use and a reused one ends the
         # whole family (RFC 9700 §4.14.2, the state's rotate_refresh).
         refresh_token = secrets.token_urlsafe(32)
@@ -491,12 +498,21 @@ class Interactive:
         await self.state.store_refresh(refresh_token_hash(refresh_token), family)
         if not await self.state.record_family_token(family.family, claims["jti"], claims["exp"]):
             raise _unknown_refresh()
-        self.codes.record_issued(code, "family", family.family)
+        if not await self.codes.record_issued(code, "family", family.family):
+            await self._replayed_meanwhile(claims, family.family)
         return Issued(token, claims, refresh_token=refresh_token, exchanged=False, event="token.issued")
+
+    async def _replayed_meanwhile(self, claims: dict[str, Any], family: str | None) -> None:
+        """The code came back while this redemption ran: what it just minted is revoked here (the replay revoked
+        what had been recorded before it)."""
+        await self.state.revoke_jti(claims["jti"], claims["exp"])
+        if family is not None:
+            await self.state.revoke_family(family)
+        raise CodeReplayed([])
 
     async def refresh(self, form: Form, authorization: str | None) -> Issued:
         """A client's refresh token → a new access token and a new refresh token (the old one is spent)."""
-        client_id = self._client_id(form, authorization)
+        client_id = await self._client_id(form, authorization)
         old_hash = refresh_token_hash(form.require("refresh_token"))
         family = await self.state.find_refresh(old_hash)
         if family is None:

@@ -1,26 +1,29 @@
 """RFC 7591 dynamic client registration, for people's MCP clients too old for Client ID Metadata Documents
 (`interactive.dynamic_registration`). Anyone may register, so a registration grants nothing by itself: it only
 names redirect URIs, which every authorization request is then held to, and the person still signs in and
-consents. Registrations are bounded in number; a secret is kept only as its SHA-256 (it is 256 random bits, so a
-slow hash adds nothing).
+consents. Registrations live in the shared records (every replica knows them) for REGISTRATION_TTL, which the
+response announces as `client_secret_expires_at`; a secret is kept only as its SHA-256 (it is 256 random bits,
+so a slow hash adds nothing).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import json
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.issuer.authorization import check_redirect_uri, redirect_host_allowed
 from gateway.issuer.client_documents import ClientDocument
+from gateway.state.ephemeral import Ephemeral
 
 REGISTER_PATH = "/oauth/register"
-MAX_REGISTRATIONS = 10_000
+REGISTRATION_TTL = 90 * 86400.0  # then the client registers again (RFC 7591 §3.2.1 client_secret_expires_at)
 MAX_REDIRECT_URIS = 10
 METHODS = ("none", "client_secret_basic", "client_secret_post")
 _CLIENT_PREFIX = "dcr_"
@@ -79,29 +82,38 @@ def _digest(secret: str) -> str:
 
 
 class Registrations:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Ephemeral, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
         self._clock = clock
-        self._clients: OrderedDict[str, Registered] = OrderedDict()
 
-    def register(self, uris: tuple[str, ...], name: str | None, method: str) -> tuple[Registered, str | None]:
-        """A new client and its secret (None for a public one); the oldest registration goes past the bound."""
+    async def register(self, uris: tuple[str, ...], name: str | None, method: str) -> tuple[Registered, str | None]:
+        """A new client and its secret (None for a public one)."""
         client_id = _CLIENT_PREFIX + secrets.token_urlsafe(16)
         secret = None if method == "none" else secrets.token_urlsafe(32)
         document = ClientDocument(client_id, uris, name, None, method)
         registered = Registered(document, _digest(secret) if secret else None, int(self._clock()))
-        self._clients[client_id] = registered
-        while len(self._clients) > MAX_REGISTRATIONS:
-            self._clients.popitem(last=False)
+        await self._store.put(f"client:{client_id}", json.dumps(dataclasses.asdict(registered)), REGISTRATION_TTL)
         return registered, secret
 
-    def get(self, client_id: str | None) -> Registered | None:
-        return self._clients.get(client_id or "")
+    async def get(self, client_id: str | None) -> Registered | None:
+        if not client_id or not client_id.startswith(_CLIENT_PREFIX):
+            return None  # not one of ours: no lookup for every document URL or agent name
+        raw = await self._store.get(f"client:{client_id}")
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            document = ClientDocument(**{**data["document"], "redirect_uris": tuple(data["document"]["redirect_uris"])})
+            registered = Registered(document, data["secret_hash"], data["issued_at"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        return registered if registered.issued_at + REGISTRATION_TTL > self._clock() else None
 
-    def secret_matches(self, client_id: str, secret: str | None) -> bool:
-        registered = self._clients.get(client_id)
-        if registered is None or registered.secret_hash is None or secret is None:
-            return False
-        return hmac.compare_digest(_digest(secret), registered.secret_hash)
+
+def secret_matches(registered: Registered, secret: str | None) -> bool:
+    if registered.secret_hash is None or secret is None:
+        return False
+    return hmac.compare_digest(_digest(secret), registered.secret_hash)
 
 
 def registration_response(registered: Registered, secret: str | None) -> dict[str, Any]:
@@ -119,5 +131,5 @@ def registration_response(registered: Registered, secret: str | None) -> dict[st
         body["client_name"] = document.client_name
     if secret is not None:
         body["client_secret"] = secret
-        body["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: does not expire
+        body["client_secret_expires_at"] = registered.issued_at + int(REGISTRATION_TTL)
     return body

@@ -1,24 +1,25 @@
-"""Server-side state of a person's sign-in: the session a cookie names, and the authorization requests waiting
-for sign-in and consent. The cookie holds only a random id; what it stands for stays here, bounded in count
-and lifetime, so a stolen or forged cookie value names nothing and a flood of requests cannot grow memory.
+"""Server-side state of a person's sign-in: the session a cookie names, the authorization requests waiting for
+sign-in and consent, and the sign-ins sent to the OpenID provider. The cookie holds only a random id; what it
+stands for is kept in the shared records (Redis when configured, so every replica knows it), under the id's
+SHA-256, with a TTL: a stolen or forged cookie value names nothing, and a dump of the store holds no usable id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import json
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any
 
 from gateway.issuer.authorization import AuthorizationRequest
+from gateway.state.ephemeral import Ephemeral
 
-T = TypeVar("T")
 PENDING_TTL = 600.0  # a person gets ten minutes from the client's redirect to the consent decision
-MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,78 +51,84 @@ class Federation:
     expires_at: float
 
 
-class _Expiring(Generic[T]):
-    """Random-id → value with a deadline each, the oldest dropped past `limit`."""
+def _dump(record: SignIn | Pending | Federation) -> str:
+    return json.dumps(dataclasses.asdict(record))
 
-    def __init__(self, clock: Callable[[], float], limit: int = MAX_ENTRIES) -> None:
-        self._clock = clock
-        self._limit = limit
-        self._items: OrderedDict[str, tuple[T, float]] = OrderedDict()
 
-    def put(self, value: T, expires_at: float) -> str:
-        key = secrets.token_urlsafe(32)
-        self._items[key] = (value, expires_at)
-        while len(self._items) > self._limit:
-            self._items.popitem(last=False)
-        return key
+def _load(raw: str | None, build: Callable[[dict[str, Any]], Any]) -> Any:
+    """The record, or None when there is none or it cannot be read (written by another version, say)."""
+    if raw is None:
+        return None
+    try:
+        return build(json.loads(raw))
+    except (ValueError, TypeError, KeyError):
+        return None
 
-    def get(self, key: str | None) -> T | None:
-        found = self._items.get(key or "")
-        if found is None:
-            return None
-        if found[1] <= self._clock():
-            del self._items[key or ""]
-            return None
-        return found[0]
 
-    def pop(self, key: str | None) -> T | None:
-        value = self.get(key)
-        self._items.pop(key or "", None)
-        return value
+def _sign_in(data: dict[str, Any]) -> SignIn:
+    return SignIn(**{**data, "scopes": tuple(data["scopes"])})
+
+
+def _pending(data: dict[str, Any]) -> Pending:
+    request = AuthorizationRequest(**{**data["request"], "scopes": tuple(data["request"]["scopes"])})
+    return Pending(**{**data, "request": request})
+
+
+def _federation(data: dict[str, Any]) -> Federation:
+    return Federation(**data)
+
+
+def _id(kind: str, key: str) -> str:
+    return f"{kind}:{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 class SignIns:
-    def __init__(self, *, session_ttl: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Ephemeral, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
         self._clock = clock
-        self._session_ttl = session_ttl
-        self._sessions: _Expiring[SignIn] = _Expiring(clock)
-        self._pending: _Expiring[Pending] = _Expiring(clock)
-        self._federations: _Expiring[Federation] = _Expiring(clock)
 
-    def start(self, subject: str, scopes: tuple[str, ...], source: str) -> tuple[str, SignIn]:
-        signed_in = SignIn(subject, secrets.token_urlsafe(24), scopes, source, self._clock() + self._session_ttl)
-        return self._sessions.put(signed_in, signed_in.expires_at), signed_in
+    async def start(self, subject: str, scopes: tuple[str, ...], source: str, ttl: float) -> tuple[str, SignIn]:
+        signed_in = SignIn(subject, secrets.token_urlsafe(24), scopes, source, self._clock() + ttl)
+        cookie = secrets.token_urlsafe(32)
+        await self._store.put(_id("session", cookie), _dump(signed_in), ttl)
+        return cookie, signed_in
 
-    def session(self, cookie: str | None) -> SignIn | None:
-        return self._sessions.get(cookie)
+    async def session(self, cookie: str | None) -> SignIn | None:
+        if not cookie:
+            return None
+        signed_in: SignIn | None = _load(await self._store.get(_id("session", cookie)), _sign_in)
+        return signed_in if signed_in is not None and signed_in.expires_at > self._clock() else None
 
-    def end(self, cookie: str | None) -> None:
-        self._sessions.pop(cookie)
+    async def end(self, cookie: str | None) -> None:
+        if cookie:
+            await self._store.delete(_id("session", cookie))
 
-    def hold(self, request: AuthorizationRequest, client_name: str, browser: str) -> tuple[str, Pending]:
+    async def hold(self, request: AuthorizationRequest, client_name: str, browser: str) -> tuple[str, Pending]:
         """Keep `request` for the browser whose binding cookie is `browser` (new_browser())."""
         pending = Pending(
             request, client_name, secrets.token_urlsafe(24), browser_hash(browser), self._clock() + PENDING_TTL
         )
-        return self._pending.put(pending, pending.expires_at), pending
+        key = secrets.token_urlsafe(32)
+        await self._store.put(_id("pending", key), _dump(pending), PENDING_TTL)
+        return key, pending
 
-    def pending(self, key: str | None, browser: str | None) -> Pending | None:
+    async def pending(self, key: str | None, browser: str | None) -> Pending | None:
         """The request `key` names, if the browser presenting it is the one it was held for. Without the binding,
         an attacker could start a request, sign in the victim's browser as themselves (login CSRF) with its
         request id and csrf, and collect what the victim then types for "their" client."""
-        pending = self._pending.get(key)
-        if pending is None or browser is None or not csrf_ok(browser_hash(browser), pending.browser):
+        if not key:
             return None
+        pending: Pending | None = _load(await self._store.get(_id("pending", key)), _pending)
+        return pending if _held_for(pending, browser, self._clock()) else None
+
+    async def decided(self, key: str | None, browser: str | None) -> Pending | None:
+        """The pending request, removed: a consent decision is taken once, on whichever replica."""
+        if await self.pending(key, browser) is None or not key:
+            return None
+        pending: Pending | None = _load(await self._store.take(_id("pending", key)), _pending)
         return pending
 
-    def decided(self, key: str | None, browser: str | None) -> Pending | None:
-        """The pending request, removed: a consent decision is taken once."""
-        pending = self.pending(key, browser)
-        if pending is not None:
-            self._pending.pop(key)
-        return pending
-
-    def federate(self, request: str, browser: str) -> tuple[str, Federation]:
+    async def federate(self, request: str, browser: str) -> tuple[str, Federation]:
         """Send the sign-in for pending request `request` to the provider; the key is the OAuth `state`."""
         federation = Federation(
             request,
@@ -130,14 +137,22 @@ class SignIns:
             browser_hash(browser),
             self._clock() + PENDING_TTL,
         )
-        return self._federations.put(federation, federation.expires_at), federation
+        state = secrets.token_urlsafe(32)
+        await self._store.put(_id("federation", state), _dump(federation), PENDING_TTL)
+        return state, federation
 
-    def federated(self, state: str | None, browser: str | None) -> Federation | None:
+    async def federated(self, state: str | None, browser: str | None) -> Federation | None:
         """The provider's answer's sign-in, spent: a state is good once, and only in the browser that left."""
-        federation = self._federations.pop(state)
-        if federation is None or browser is None or not csrf_ok(browser_hash(browser), federation.browser):
+        if not state:
             return None
-        return federation
+        federation: Federation | None = _load(await self._store.take(_id("federation", state)), _federation)
+        return federation if _held_for(federation, browser, self._clock()) else None
+
+
+def _held_for(record: Pending | Federation | None, browser: str | None, now: float) -> bool:
+    if record is None or browser is None or record.expires_at <= now:
+        return False
+    return csrf_ok(browser_hash(browser), record.browser)
 
 
 def new_browser() -> str:

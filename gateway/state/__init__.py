@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from gateway.state.ephemeral import Ephemeral
 from gateway.state.health import StateUnavailable
 from gateway.state.local import LocalState
 from gateway.state.redis_state import RedisState, redis_client
@@ -43,6 +44,7 @@ class SharedState(Protocol):
     take it; refresh tokens are named by `refresh_token_hash(token)`, never stored as they are."""
 
     revocations: RevocationList
+    ephemeral: Ephemeral  # people's sign-ins, pending requests, codes, registrations
 
     async def start(self) -> None: ...
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.metrics import STATE_RELOADS
+from gateway.state.ephemeral import Ephemeral, MemoryEphemeral
 from gateway.state.health import Health, StateUnavailable
 from gateway.state.journal import RevocationJournal
 from gateway.state.memory import RefreshFamilies, ReplayCache
@@ -48,6 +49,7 @@ class LocalState:
             clock=clock,
         )
         self._assertions = ReplayCache(retention=retention, clock=clock)
+        self.ephemeral: Ephemeral = MemoryEphemeral(clock=clock)
         self._health = Health("file", f"revocations file {self._journal.path}", clock=clock)
         self._task: asyncio.Task[None] | None = None
 

@@ -9,6 +9,7 @@ Keys (prefix "tollbooth:" by default, "{tollbooth}:" on Redis Cluster; every key
     family:<family>         hash        grant (JSON), agent, subject, issued_at, expires_at, revoked ("1" once ended)
     family:<family>:tokens  sorted set  jti -> exp of the access tokens minted from the family
     assertion:<sha256 hex>  string      of (client_id, jti): an RFC 7523 assertion already used; TTL exp + retention
+    people:<kind>:<id>      string/list people's sign-ins, pending requests, codes, registrations (state.ephemeral)
 
 Every change to revocations is one Lua script, so it is atomic and PUBLISHes what it revoked (a JSON array of
 revocation records, see gateway.state.revocations) on the channel "<prefix>revocations" as part of the same step.
@@ -43,6 +44,7 @@ from gateway.metrics import STATE_RELOADS
 from gateway.redis.connect import REDIS_FAILURES, AsyncClient, async_client, subscriber
 from gateway.redis.slots import tagged_prefix
 from gateway.redis.url import parse_redis_url
+from gateway.state.ephemeral import Ephemeral, RedisEphemeral
 from gateway.state.health import Health, StateUnavailable
 from gateway.state.refresh_families import RefreshGrant, RefreshReused, check_token_hash
 from gateway.state.revocations import RevocationList
@@ -221,6 +223,7 @@ class RedisState:
         self._reconnect_max = reconnect_max
         self._reconnect_delay = _RECONNECT_MIN
         self._redis = redis_client(url)
+        self.ephemeral: Ephemeral = RedisEphemeral(self._redis, self._prefix)
         script = self._redis.register_script
         self._revoke_jti = script(_PRELUDE + _REVOKE_JTI)
         self._cut_off = script(_PRELUDE + _CUT_OFF)

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx2
 import pytest
 import redis
+from argon2 import PasswordHasher
+from people_support import ClientHost, field, pkce
 from support import DEFAULT_ROUTES, Gateway, RedisServer, Upstream, free_port, start_gateway, wait_answering, wait_until
 from token_support import SecretAgent, TestIdP, assert_oauth_error, exchanged, proxy_get, refused_at_proxy, user_token
 
@@ -27,6 +29,7 @@ LIMITED = {
     "rate_limit": "4/minute",
 }
 STREAM = "tollbooth:audit"
+PASSWORD = "correct horse battery staple"
 AGREEMENT = 5.0  # seconds; revocations reach every replica within a second, tested in test_refresh_revoke.py
 
 
@@ -52,6 +55,8 @@ def replicas(
         "redis": {"url": redis_server_of_module.url},
         "agents": {ASSISTANT.client_id: ASSISTANT.config(scopes=["crm.read"], may_act_for=["*"], refresh_tokens=True)},
         "trusted_issuers": [idp.trusted_issuer()],
+        "login": {"users": {"alice": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]}}},
+        "interactive": {"scopes": ["crm.read"]},
     }
     routes = [*DEFAULT_ROUTES, LIMITED]
     first = start_gateway(tmp_path_factory.mktemp("replica-a"), upstream.url, routes=routes, extra=shared)
@@ -156,3 +161,39 @@ def test_the_workers_of_one_gateway_share_one_budget_through_redis(
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_a_persons_sign_in_moves_between_replicas(replicas: tuple[Gateway, Gateway], client_host: ClientHost) -> None:
+    """Behind a load balancer each step of a sign-in may land on another replica: the pending request, the session,
+    the code and the refresh family are in Redis, so every replica knows them."""
+    first, second = replicas
+    verifier, challenge = pkce()
+    params = {
+        "response_type": "code",
+        "client_id": client_host.url,
+        "redirect_uri": "http://127.0.0.1:50123/callback",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "s",
+    }
+    with httpx2.Client(follow_redirects=False) as browser:  # cookies for 127.0.0.1 reach both ports
+        login = browser.get(f"{first.issuer_url}/oauth/authorize", params=params)
+        form = {"csrf": field(login.text, "csrf"), "request": field(login.text, "request")}
+        consent = browser.post(f"{second.issuer_url}/login", data={**form, "username": "alice", "password": PASSWORD})
+        assert consent.status_code == 200, consent.text
+        decision = {"csrf": field(consent.text, "csrf"), "request": field(consent.text, "request")}
+        answer = browser.post(f"{first.issuer_url}/consent", data={**decision, "decision": "approve"})
+    code = httpx2.QueryParams(answer.headers["location"].split("?", 1)[1])["code"]
+    redeem = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": client_host.url,
+        "redirect_uri": params["redirect_uri"],
+        "code_verifier": verifier,
+    }
+    token = httpx2.post(f"{second.issuer_url}/oauth/token", data=redeem)
+    assert token.status_code == 200, token.text
+    again = httpx2.post(f"{first.issuer_url}/oauth/token", data=redeem)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"  # the code was spent on the other
+    # ... and its replay revoked what the first redemption issued, on every replica.
+    wait_until(lambda: refused_at_proxy(first, token.json()["access_token"]), AGREEMENT, "the replayed code's token")

@@ -8,7 +8,6 @@ import hashlib
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from support import Clock
 
 from gateway.issuer.authorization import (
     AuthorizationRequest,
@@ -23,8 +22,6 @@ from gateway.issuer.authorization import (
     redirect_with,
     verifier_matches,
 )
-from gateway.issuer.codes import AuthorizationCodes, CodeReplayed
-from gateway.issuer.oauth import OAuthError
 from gateway.issuer.pages import form_target
 
 PUBLIC = "https://gw.example.com"
@@ -163,56 +160,6 @@ def test_the_redirect_keeps_the_clients_own_query_and_adds_code_and_state():
     target = redirect_with("https://client.example.com/cb?tenant=7", {"code": "c&d", "state": "s t", "x": None})
     parts = urlsplit(target)
     assert parse_qs(parts.query) == {"tenant": ["7"], "code": ["c&d"], "state": ["s t"]}
-
-
-def issued(clock: Clock) -> tuple[AuthorizationCodes, str]:
-    codes = AuthorizationCodes(clock=clock)
-    request = authorization_request(good(), CLIENT, LOOPBACK, PUBLIC)
-    return codes, codes.issue(request, "alice", ("crm.read",))
-
-
-def test_a_code_redeems_once_for_its_client_redirect_and_verifier():
-    codes, code = issued(Clock(1000.0))
-    grant = codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
-    assert (grant.subject, grant.scopes, grant.request.resource) == ("alice", ("crm.read",), PUBLIC)
-    codes.record_issued(code, "jti", "jti-1")
-    with pytest.raises(CodeReplayed) as replayed:
-        codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
-    assert replayed.value.issued == [("jti", "jti-1")] and replayed.value.reason == "code_replayed"
-
-
-@pytest.mark.parametrize(
-    ("client_id", "redirect_uri", "verifier", "reason"),
-    [
-        ("https://other.example.com/m.json", LOOPBACK, VERIFIER, "other_client"),
-        (CLIENT, "http://127.0.0.1:1/callback", VERIFIER, "redirect_uri_mismatch"),
-        (CLIENT, None, VERIFIER, "redirect_uri_mismatch"),
-        (CLIENT, LOOPBACK, "x" * 43, "pkce_mismatch"),
-        (CLIENT, LOOPBACK, None, "pkce_mismatch"),
-    ],
-)
-def test_a_code_presented_with_anything_else_is_refused_and_spent(
-    client_id: str, redirect_uri: str | None, verifier: str | None, reason: str
-):
-    codes, code = issued(Clock(1000.0))
-    with pytest.raises(OAuthError) as refused:
-        codes.redeem(code, client_id=client_id, redirect_uri=redirect_uri, verifier=verifier)
-    assert (refused.value.error, refused.value.reason) == ("invalid_grant", reason)
-    # One try: the right values afterwards get nothing either.
-    with pytest.raises(CodeReplayed):
-        codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
-
-
-def test_a_code_expires_after_sixty_seconds_and_an_unknown_code_is_refused():
-    clock = Clock(1000.0)
-    codes, code = issued(clock)
-    clock.now += 61
-    with pytest.raises(OAuthError) as expired:
-        codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
-    assert expired.value.reason == "code_expired"
-    with pytest.raises(OAuthError) as unknown:
-        codes.redeem("not-a-code", client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
-    assert unknown.value.reason == "unknown_code"
 
 
 def test_the_consent_pages_form_action_names_only_a_plain_origin():
