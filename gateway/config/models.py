@@ -299,6 +299,8 @@ class InteractiveConfig(Model):
     max_token_ttl: Duration = 600
     refresh_token_ttl: Duration = 30 * 86400
     session_ttl: Duration = 8 * 3600
+    # How long an "Allow, and remember" lasts for one person, client, redirect origin and scope set; 0: never asked.
+    remember_consent: Duration = 0
 
     @field_validator("scopes")
     @classmethod

@@ -8,6 +8,7 @@ the client: the client acts for the person. Only the I/O lives here; the decisio
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from gateway.audit.events import AuditEvent
 from gateway.config import Config, InteractiveConfig
 from gateway.issuer.authorization import (
+    AuthorizationRequest,
     PageError,
     RedirectError,
     authorization_request,
@@ -220,6 +222,10 @@ class Interactive:
         signed_in = await self.sessions.session(request.cookies.get(self.cookie))
         scopes = self._person_scopes(signed_in) if signed_in is not None else None
         if signed_in is not None and scopes is not None:
+            granted = granted_scopes(checked.scopes, self.settings.scopes, scopes)
+            if await self._remembered(signed_in.subject, checked, granted):
+                await self.sessions.decided(key, browser)
+                return await self._approved(request, checked, signed_in.subject, granted, remembered=True)
             response = self._consent_page(key, pending, signed_in, scopes)
         else:
             response = self._login_page(key, pending)
@@ -266,6 +272,7 @@ class Interactive:
             redirect_host=urlsplit(request.redirect_uri).netloc or request.redirect_uri.split(":", 1)[0],
             subject=signed_in.subject,
             scopes=scopes,
+            remember=_duration_words(self.settings.remember_consent),
         )
 
     # POST /login ---------------------------------------------------------------------------------------------------
@@ -392,16 +399,39 @@ class Interactive:
             self._audit(request, "consent.denied", 303, subject=signed_in.subject, agent=checked.client_id)
             return self._back(checked.redirect_uri, error="access_denied", state=checked.state)
         scopes = granted_scopes(checked.scopes, self.settings.scopes, person)
-        code = await self.codes.issue(checked, signed_in.subject, scopes)
+        if self.settings.remember_consent and form.get("remember") == "1":
+            record = json.dumps({"at": self.clock()})
+            await self.state.ephemeral.put(
+                _consent_key(signed_in.subject, checked, scopes), record, self.settings.remember_consent
+            )
+        return await self._approved(request, checked, signed_in.subject, scopes, remembered=False)
+
+    async def _approved(
+        self, request: Request, checked: AuthorizationRequest, subject: str, scopes: tuple[str, ...], remembered: bool
+    ) -> Response:
+        code = await self.codes.issue(checked, subject, scopes)
         self._audit(
             request,
             "consent.granted",
             303,
-            subject=signed_in.subject,
+            subject=subject,
             agent=checked.client_id,
             granted_scopes=" ".join(scopes),
+            reason="remembered" if remembered else "",
         )
         return self._back(checked.redirect_uri, code=code, state=checked.state)
+
+    async def _remembered(self, subject: str, checked: AuthorizationRequest, scopes: tuple[str, ...]) -> bool:
+        """A remembered "Allow" for exactly this person, client, redirect origin and scope set, given after any
+        revocation of the client or the person (`tollbooth revoke --agent/--subject` voids it too)."""
+        if not self.settings.remember_consent:
+            return False
+        raw = await self.state.ephemeral.get(_consent_key(subject, checked, scopes))
+        try:
+            at = float(json.loads(raw)["at"]) if raw else None
+        except (ValueError, TypeError, KeyError):
+            at = None
+        return at is not None and not self.state.revocations.is_cut_off(checked.client_id, subject, at)
 
     # POST /oauth/register (RFC 7591) ---------------------------------------------------------------------------
 
@@ -577,6 +607,21 @@ def _unknown_refresh() -> OAuthError:
 def _first(params: dict[str, list[str]], name: str) -> str | None:
     values = params.get(name)
     return values[0] if values else None
+
+
+def _consent_key(subject: str, checked: AuthorizationRequest, scopes: tuple[str, ...]) -> str:
+    # The redirect origin is part of it: a document that changes where codes go asks the person again.
+    parts = json.dumps([subject, checked.client_id, form_target(checked.redirect_uri), sorted(scopes)])
+    return "consent:" + hashlib.sha256(parts.encode()).hexdigest()
+
+
+def _duration_words(seconds: float) -> str:
+    """ "30 days", "8 hours", "" for 0: for the consent page's remember box."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{int(seconds)} seconds" if seconds else ""
 
 
 def _client_host(client_id: str) -> str:

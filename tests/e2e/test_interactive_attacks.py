@@ -12,11 +12,13 @@ import yaml
 from argon2 import PasswordHasher
 from people_support import ClientHost, field, pkce
 from support import Gateway, Upstream, start_gateway, wait_until
+from token_support import revoke_cli
 
 PASSWORD = "correct horse battery staple"
 USERS = {
     "alice": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]},
     "bob": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]},
+    "carol": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read", "crm.write"]},
 }
 
 
@@ -25,13 +27,16 @@ def gw(upstream: Upstream, client_host: ClientHost, tmp_path_factory: pytest.Tem
     gateway = start_gateway(
         tmp_path_factory.mktemp("interactive-attacks"),
         upstream.url,
-        extra={"login": {"users": USERS}, "interactive": {"scopes": ["crm.read"]}},
+        extra={
+            "login": {"users": USERS},
+            "interactive": {"scopes": ["crm.read", "crm.write"], "remember_consent": "30d"},
+        },
     )
     yield gateway
     gateway.stop()
 
 
-def start(browser: httpx2.Client, gw: Gateway, client_id: str) -> httpx2.Response:
+def start(browser: httpx2.Client, gw: Gateway, client_id: str, scope: str = "crm.read") -> httpx2.Response:
     _, challenge = pkce()
     params = {
         "response_type": "code",
@@ -40,6 +45,7 @@ def start(browser: httpx2.Client, gw: Gateway, client_id: str) -> httpx2.Respons
         "code_challenge": challenge,
         "code_challenge_method": "S256",
         "state": "s",
+        "scope": scope,
     }
     return browser.get(f"{gw.issuer_url}/oauth/authorize", params=params)
 
@@ -116,6 +122,29 @@ def test_an_account_removed_during_its_session_can_no_longer_consent(gw: Gateway
         finally:
             config["login"]["users"]["bob"] = USERS["bob"]
             gw.config_path.write_text(yaml.safe_dump(config))
+
+
+def test_a_remembered_consent_skips_the_page_for_the_same_client_and_scopes_only(gw: Gateway, client_host: ClientHost):
+    with httpx2.Client(follow_redirects=False) as browser:
+        consent = browser.post(f"{gw.issuer_url}/login", data=login_form(start(browser, gw, client_host.url), "carol"))
+        assert "Remember this for" in consent.text and "30 days" in consent.text
+        decision = {"csrf": field(consent.text, "csrf"), "request": field(consent.text, "request")}
+        approved = browser.post(f"{gw.issuer_url}/consent", data={**decision, "decision": "approve", "remember": "1"})
+        assert approved.status_code == 303 and "code=" in approved.headers["location"]
+        again = start(browser, gw, client_host.url)
+        assert (
+            again.status_code == 303 and "code=" in again.headers["location"] and "state=s" in again.headers["location"]
+        )
+        gw.wait_audit(lambda e: e["event"] == "consent.granted" and e.get("reason") == "remembered")
+        # Another scope set is another question: the page again.
+        wider = start(browser, gw, client_host.url, scope="crm.read crm.write")
+        assert wider.status_code == 200 and "crm.write" in wider.text
+        # Revoking the person voids what they remembered: the page is shown again.
+        revoke_cli(gw, "--subject", "carol")
+        wait_until(
+            lambda: start(browser, gw, client_host.url).status_code == 200,
+            what="the revocation to void carol's remembered consent",
+        )
 
 
 @pytest.fixture(scope="module")
