@@ -289,6 +289,14 @@ class TlsConfig(Model):
     ca_file: str | None = None
 
 
+class InteractiveLimits(Model):
+    """Per client address, on the endpoints anyone may call without credentials: each authorization request holds a
+    pending record and each registration a client for 90 days, so a flood is cut off before it fills the store."""
+
+    authorize: RateSetting = Field(default="60/minute", validate_default=True)
+    register: RateSetting = Field(default="20/hour", validate_default=True)
+
+
 class InteractiveConfig(Model):
     """Clients a person runs (IDE and desktop MCP clients): authorization code with PKCE, sign-in and consent."""
 
@@ -301,6 +309,7 @@ class InteractiveConfig(Model):
     session_ttl: Duration = 8 * 3600
     # How long an "Allow, and remember" lasts for one person, client, redirect origin and scope set; 0: never asked.
     remember_consent: Duration = 0
+    limits: InteractiveLimits = Field(default_factory=InteractiveLimits)
 
     @field_validator("scopes")
     @classmethod

@@ -168,6 +168,7 @@ class IssuerApp:
         self._parts: _Parts | None = None
         self._secrets = SecretChecker()  # outlives reloads: its cache is keyed by the stored hash
         limiter = limiter if limiter is not None else LocalRateLimiter()
+        self._limiter = limiter
         self._throttle = AuthThrottle(limiter)
         self._login_throttle = AuthThrottle(limiter, budget=LOGIN_BUDGET, everywhere=True)
         # People's sign-ins, pending requests, codes and fetched client documents outlive a config reload.
@@ -247,6 +248,7 @@ class IssuerApp:
             documents = self._documents = ClientDocuments(ca_file=config.tls.ca_file, allow_loopback=loopback)
         return Interactive(
             provider=self._openid_provider(config),
+            limiter=self._limiter,
             config=config,
             settings=config.interactive,
             signing_key=lambda: self._keys().active,

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -24,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from gateway.audit.events import AuditEvent
-from gateway.config import Config, InteractiveConfig
+from gateway.config import Config, InteractiveConfig, RateLimit
 from gateway.issuer.authorization import (
     AuthorizationRequest,
     PageError,
@@ -53,6 +54,7 @@ from gateway.issuer.registration import (
 from gateway.issuer.sessions import PENDING_TTL, Pending, SignIn, SignIns, csrf_ok, new_browser
 from gateway.issuer.throttle import AuthThrottle
 from gateway.state import RefreshGrant, RefreshReused, SharedState, refresh_token_hash
+from gateway.state.ratelimit import RateLimiter, address_key
 from gateway.tokens.access_token import mint_access_token
 from gateway.tokens.jwk import SigningKey
 
@@ -104,6 +106,7 @@ class Interactive:
     secrets: SecretChecker
     throttle: AuthThrottle  # people's sign-in failures (its own budget, not the agents')
     emit: Callable[[AuditEvent], bool]
+    limiter: RateLimiter | None = None  # interactive.limits, shared by the replicas (Redis when configured)
     provider: OpenIdProvider | None = None  # login.oidc
     clock: Callable[[], float] = time.time
 
@@ -188,7 +191,21 @@ class Interactive:
 
     # GET /oauth/authorize ------------------------------------------------------------------------------------------
 
+    async def _over_limit(self, request: Request, budget: str, limit: RateLimit | None) -> int | None:
+        """Seconds to wait when this address spent its budget on `budget`; None to go on."""
+        if self.limiter is None or limit is None:
+            return None
+        address = request.client.host if request.client else ""
+        verdict = await self.limiter.check(address_key(budget, address), limit)
+        return None if verdict.allowed else max(1, math.ceil(verdict.retry_after))
+
     async def authorize(self, request: Request) -> Response:
+        wait = await self._over_limit(request, "~authorize", self.settings.limits.authorize)
+        if wait is not None:
+            self._audit(request, "authorize.denied", 429, reason="rate_limited")
+            refused = error_page("temporarily_unavailable", f"Too many sign-in requests. Try again in {wait} s.", 429)
+            refused.headers["retry-after"] = str(wait)
+            return refused
         params = parse_qs(request.url.query, keep_blank_values=True)
         claimed = _first(params, "client_id")
         try:
@@ -216,16 +233,16 @@ class Interactive:
             self._audit(request, "authorize.denied", 302, agent=client_id, reason=exc.reason)
             state = _first(params, "state")
             return self._back(redirect_uri, error=exc.error, error_description=exc.description, state=state)
-        browser = self._browser(request) or new_browser()
-        name = display_name(document.client_name, _client_host(client_id) or "an application")
-        key, pending = await self.sessions.hold(checked, name, browser)
         signed_in = await self.sessions.session(request.cookies.get(self.cookie))
         scopes = self._person_scopes(signed_in) if signed_in is not None else None
         if signed_in is not None and scopes is not None:
             granted = granted_scopes(checked.scopes, self.settings.scopes, scopes)
             if await self._remembered(signed_in.subject, checked, granted):
-                await self.sessions.decided(key, browser)
                 return await self._approved(request, checked, signed_in.subject, granted, remembered=True)
+        browser = self._browser(request) or new_browser()
+        name = display_name(document.client_name, _client_host(client_id) or "an application")
+        key, pending = await self.sessions.hold(checked, name, browser)
+        if signed_in is not None and scopes is not None:
             response = self._consent_page(key, pending, signed_in, scopes)
         else:
             response = self._login_page(key, pending)
@@ -438,6 +455,14 @@ class Interactive:
     async def register(self, request: Request) -> Response:
         if not self.settings.dynamic_registration:
             return JSONResponse({"error": "not_found"}, status_code=404)
+        wait = await self._over_limit(request, "~register", self.settings.limits.register)
+        if wait is not None:
+            self._audit(request, "client.registration_denied", 429, reason="rate_limited")
+            return JSONResponse(
+                {"error": "temporarily_unavailable", "error_description": f"too many registrations; retry in {wait} s"},
+                status_code=429,
+                headers={"retry-after": str(wait)},
+            )
         body = b""
         async for chunk in request.stream():
             body += chunk

@@ -184,3 +184,27 @@ def test_a_loopback_client_id_is_not_fetched_by_a_public_issuer(public_issuer: G
 def _page_message(html: str) -> str:
     start = html.index("<main>")
     return html[start : html.index("</main>")]
+
+
+@pytest.fixture(scope="module")
+def tight(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    limits = {"authorize": "3/minute", "register": "2/hour"}
+    interactive = {"scopes": ["crm.read"], "dynamic_registration": True, "limits": limits}
+    gateway = start_gateway(
+        tmp_path_factory.mktemp("tight"), upstream.url, extra={"login": {"users": USERS}, "interactive": interactive}
+    )
+    yield gateway
+    gateway.stop()
+
+
+def test_a_flood_of_authorization_requests_or_registrations_is_cut_off(tight: Gateway, client_host: ClientHost):
+    with httpx2.Client(follow_redirects=False) as browser:
+        assert all(start(browser, tight, client_host.url).status_code == 200 for _ in range(3))
+        flooded = start(browser, tight, client_host.url)
+    assert flooded.status_code == 429 and int(flooded.headers["retry-after"]) > 0
+    assert flooded.headers["content-type"].startswith("text/html") and "Too many" in flooded.text
+    register = {"redirect_uris": ["http://127.0.0.1/callback"], "token_endpoint_auth_method": "none"}
+    answers = [httpx2.post(f"{tight.issuer_url}/oauth/register", json=register) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 429]
+    assert answers[2].json()["error"] == "temporarily_unavailable" and "retry-after" in answers[2].headers
+    tight.wait_audit(lambda e: e["event"] == "client.registration_denied" and e.get("reason") == "rate_limited")
