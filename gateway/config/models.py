@@ -294,7 +294,7 @@ class InteractiveLimits(Model):
     pending record and each registration a client for 90 days, so a flood is cut off before it fills the store."""
 
     authorize: RateSetting = Field(default="60/minute", validate_default=True)
-    register: RateSetting = Field(default="20/hour", validate_default=True)
+    registration: RateSetting = Field(default="20/hour", validate_default=True)
 
 
 class InteractiveConfig(Model):

@@ -455,7 +455,7 @@ class Interactive:
     async def register(self, request: Request) -> Response:
         if not self.settings.dynamic_registration:
             return JSONResponse({"error": "not_found"}, status_code=404)
-        wait = await self._over_limit(request, "~register", self.settings.limits.register)
+        wait = await self._over_limit(request, "~register", self.settings.limits.registration)
         if wait is not None:
             self._audit(request, "client.registration_denied", 429, reason="rate_limited")
             return JSONResponse(

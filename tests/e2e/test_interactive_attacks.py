@@ -188,7 +188,7 @@ def _page_message(html: str) -> str:
 
 @pytest.fixture(scope="module")
 def tight(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    limits = {"authorize": "3/minute", "register": "2/hour"}
+    limits = {"authorize": "3/minute", "registration": "2/hour"}
     interactive = {"scopes": ["crm.read"], "dynamic_registration": True, "limits": limits}
     gateway = start_gateway(
         tmp_path_factory.mktemp("tight"), upstream.url, extra={"login": {"users": USERS}, "interactive": interactive}
