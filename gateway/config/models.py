@@ -303,6 +303,9 @@ class InteractiveConfig(Model):
     client_metadata_documents: bool = True
     dynamic_registration: bool = False
     redirect_hosts: list[str] = Field(default_factory=lambda: ["*"])  # loopback is always allowed
+    # http://localhost:<any port> redirect URIs, as loopback ones (Claude Code, the MCP Inspector use them; RFC 8252
+    # §8.3 advises the IP literal, since the name is resolved on the person's machine).
+    localhost_redirects: bool = False
     scopes: list[str] = Field(default_factory=list)
     max_token_ttl: Duration = 600
     refresh_token_ttl: Duration = 30 * 86400

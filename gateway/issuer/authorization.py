@@ -73,13 +73,19 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def redirect_matches(requested: str, registered: Iterable[str]) -> bool:
+def loopback_redirect_host(host: str, localhost: bool = False) -> bool:
+    """A redirect host that is this machine: a loopback IP literal, and the name `localhost` when the config allows
+    it (`interactive.localhost_redirects`, for clients that use it despite RFC 8252 §8.3)."""
+    return is_loopback_host(host) or (localhost and host.lower() == "localhost")
+
+
+def redirect_matches(requested: str, registered: Iterable[str], *, localhost: bool = False) -> bool:
     """Exact string match (OAuth 2.1 §2.3.1), except that a loopback redirect may use any port (RFC 8252 §7.3):
     native apps open an ephemeral port for each sign-in."""
     if requested in registered:
         return True
     asked = urlsplit(requested)
-    if asked.scheme != "http" or not is_loopback_host(asked.hostname or ""):
+    if asked.scheme != "http" or not loopback_redirect_host(asked.hostname or "", localhost):
         return False
     for candidate in registered:
         known = urlsplit(candidate)
@@ -95,10 +101,10 @@ def redirect_matches(requested: str, registered: Iterable[str]) -> bool:
     return False
 
 
-def redirect_host_allowed(redirect_uri: str, allowed_hosts: Sequence[str]) -> bool:
+def redirect_host_allowed(redirect_uri: str, allowed_hosts: Sequence[str], *, localhost: bool = False) -> bool:
     """`interactive.redirect_hosts`: `*`, an exact host, or `*.example.com`; loopback is always allowed."""
     host = (urlsplit(redirect_uri).hostname or "").lower()
-    if is_loopback_host(host):
+    if loopback_redirect_host(host, localhost):
         return True
     for pattern in allowed_hosts:
         pattern = pattern.lower()
@@ -107,7 +113,7 @@ def redirect_host_allowed(redirect_uri: str, allowed_hosts: Sequence[str]) -> bo
     return False
 
 
-def check_redirect_uri(uri: str) -> str | None:
+def check_redirect_uri(uri: str, *, localhost: bool = False) -> str | None:
     """Why a redirect URI can never be used, or None: https anywhere, plain http only to loopback (RFC 8252
     §8.3), a private-use scheme with a dot (RFC 8252 §7.1, `com.example.app:/cb`); never a fragment."""
     if _UNSAFE_URI.search(uri):
@@ -124,7 +130,9 @@ def check_redirect_uri(uri: str) -> str | None:
     if parts.scheme == "https" and parts.hostname:
         return None
     if parts.scheme == "http":
-        return None if is_loopback_host(parts.hostname or "") else "is plain http to a host that is not loopback"
+        if loopback_redirect_host(parts.hostname or "", localhost):
+            return None
+        return "is plain http to a host that is not loopback"
     if "." in parts.scheme and parts.scheme not in ("javascript", "data", "file"):
         return None
     return "uses a scheme that cannot carry a code safely"
@@ -148,7 +156,9 @@ def _one(params: dict[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def client_and_redirect(params: dict[str, list[str]], registered: Iterable[str] | None) -> tuple[str, str]:
+def client_and_redirect(
+    params: dict[str, list[str]], registered: Iterable[str] | None, *, localhost: bool = False
+) -> tuple[str, str]:
     """Step one: the client and a redirect URI it registered, or PageError. `registered` None: unknown client."""
     try:
         client_id = _one(params, "client_id")
@@ -165,7 +175,9 @@ def client_and_redirect(params: dict[str, list[str]], registered: Iterable[str] 
         if len(registered) != 1:
             raise PageError("invalid_request", "the request names no redirect_uri", "missing_redirect_uri")
         redirect_uri = registered[0]
-    if check_redirect_uri(redirect_uri) is not None or not redirect_matches(redirect_uri, registered):
+    if check_redirect_uri(redirect_uri, localhost=localhost) is not None or not redirect_matches(
+        redirect_uri, registered, localhost=localhost
+    ):
         raise PageError(
             "invalid_request", "the redirect_uri is not one this client registered", "redirect_uri_mismatch"
         )

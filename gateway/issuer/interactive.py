@@ -210,8 +210,11 @@ class Interactive:
         claimed = _first(params, "client_id")
         try:
             document = await self._client(claimed)
-            client_id, redirect_uri = client_and_redirect(params, document.redirect_uris if document else None)
-            if not redirect_host_allowed(redirect_uri, self.settings.redirect_hosts):
+            localhost = self.settings.localhost_redirects
+            client_id, redirect_uri = client_and_redirect(
+                params, document.redirect_uris if document else None, localhost=localhost
+            )
+            if not redirect_host_allowed(redirect_uri, self.settings.redirect_hosts, localhost=localhost):
                 raise PageError("invalid_request", "the redirect_uri's host is not allowed here", "redirect_host")
         except ClientDocumentError as exc:
             log.info("client metadata document refused: %s", exc.description)
@@ -471,7 +474,9 @@ class Interactive:
         if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
             return _registration_error("invalid_client_metadata", "send the registration as application/json")
         try:
-            uris, name, method = read_registration(_json(body), self.settings.redirect_hosts)
+            uris, name, method = read_registration(
+                _json(body), self.settings.redirect_hosts, localhost=self.settings.localhost_redirects
+            )
         except RegistrationError as exc:
             self._audit(request, "client.registration_denied", 400, reason=exc.error)
             return _registration_error(exc.error, exc.description)

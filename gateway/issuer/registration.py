@@ -51,7 +51,9 @@ def _strings(value: Any, name: str) -> list[str]:
     return value
 
 
-def read_registration(body: Any, redirect_hosts: Sequence[str]) -> tuple[tuple[str, ...], str | None, str]:
+def read_registration(
+    body: Any, redirect_hosts: Sequence[str], *, localhost: bool = False
+) -> tuple[tuple[str, ...], str | None, str]:
     """The redirect URIs, client_name and auth method of a registration request, or RegistrationError."""
     if not isinstance(body, dict):
         raise RegistrationError("invalid_client_metadata", "the registration request must be a JSON object")
@@ -59,10 +61,10 @@ def read_registration(body: Any, redirect_hosts: Sequence[str]) -> tuple[tuple[s
     if not uris or len(uris) > MAX_REDIRECT_URIS:
         raise RegistrationError("invalid_redirect_uri", f"register 1 to {MAX_REDIRECT_URIS} redirect_uris")
     for uri in uris:
-        why = check_redirect_uri(uri)
+        why = check_redirect_uri(uri, localhost=localhost)
         if why is not None or len(uri) > 2048:
             raise RegistrationError("invalid_redirect_uri", f"the redirect URI {uri[:100]!r} {why or 'is too long'}")
-        if not redirect_host_allowed(uri, redirect_hosts):
+        if not redirect_host_allowed(uri, redirect_hosts, localhost=localhost):
             raise RegistrationError("invalid_redirect_uri", f"the redirect URI {uri[:100]!r} names a host not allowed")
     # RFC 7591 §2: the default is client_secret_basic (DESIGN.md: and then it gets a secret).
     method = body.get("token_endpoint_auth_method", "client_secret_basic")

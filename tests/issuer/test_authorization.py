@@ -180,3 +180,14 @@ def test_the_consent_pages_form_action_names_only_a_plain_origin():
 )
 def test_a_clients_name_is_shown_printable_one_line_and_bounded(name: str | None, shown: str):
     assert display_name(name, "client.example.com") == shown
+
+
+def test_localhost_redirects_are_loopback_only_when_the_config_allows_them():
+    uri, registered = "http://localhost:61234/callback", ["http://localhost/callback"]
+    assert check_redirect_uri(uri) is not None and not redirect_matches(uri, registered)
+    assert not redirect_host_allowed(uri, ["app.example.com"])
+    assert check_redirect_uri(uri, localhost=True) is None and redirect_matches(uri, registered, localhost=True)
+    assert redirect_host_allowed(uri, ["app.example.com"], localhost=True)
+    # Only the name itself: a name that merely starts or ends like it is any other host.
+    for other in ("http://localhost.evil.example/cb", "http://evil-localhost/cb"):
+        assert check_redirect_uri(other, localhost=True) is not None
