@@ -151,26 +151,32 @@ def _check_references(config: Config, loaded: LoadedConfig) -> list[str]:
 
 
 def _check_subject_prefixes(config: Config, path: Path) -> list[str]:
-    """Two identity providers' `alice` must stay two subjects: with more than one, each needs a prefix, and no
-    prefix may begin another (`okta:` + `eu:alice` would be `okta:eu:` + `alice`)."""
-    external = [(i, t) for i, t in enumerate(config.trusted_issuers) if t.issuer != config.issuer.url]
+    """Two identity providers' `alice` must stay two subjects: with more than one (trusted issuers, and the
+    OpenID provider people sign in with), each needs a prefix, and no prefix may begin another (`okta:` +
+    `eu:alice` would be `okta:eu:` + `alice`)."""
+    external = [
+        (f"trusted_issuers[{i}] ({t.issuer})", t.issuer, t.subject_prefix)
+        for i, t in enumerate(config.trusted_issuers)
+        if t.issuer != config.issuer.url
+    ]
+    if config.login.oidc is not None:
+        external.append(
+            (f"login.oidc ({config.login.oidc.issuer})", config.login.oidc.issuer, config.login.oidc.subject_prefix)
+        )
     if len(external) < 2:
         return []
     problems: list[str] = []
-    for i, trusted in external:
-        where = f"{path}: trusted_issuers[{i}] ({trusted.issuer}): subject_prefix"
-        clash = next(
-            (other for j, other in external if j != i and other.subject_prefix.startswith(trusted.subject_prefix)),
-            None,
-        )
-        if not trusted.subject_prefix:
+    for i, (label, _, prefix) in enumerate(external):
+        where = f"{path}: {label}: subject_prefix"
+        clash = next((other for j, other in enumerate(external) if j != i and other[2].startswith(prefix)), None)
+        if not prefix:
             problems.append(
                 f"{where}: required when more than one issuer is trusted, so that the same sub from two issuers "
                 "names two subjects (for example subject_prefix: okta:)"
             )
         elif clash is not None:
             problems.append(
-                f"{where}: {trusted.subject_prefix!r} begins {clash.issuer}'s {clash.subject_prefix!r}, so their "
+                f"{where}: {prefix!r} begins {clash[1]}'s {clash[2]!r}, so their "
                 "subjects could collide; give each issuer a prefix no other one starts with"
             )
     return problems

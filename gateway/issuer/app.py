@@ -449,6 +449,8 @@ class IssuerApp:
             response: Response = await handler(request)
         except StateUnavailable as exc:
             log.error("people's sign-in state unavailable: %s", exc)
+            if name == "register":  # a JSON API (RFC 7591), not a page
+                return error_response(_unavailable(exc))
             return error_page("server_error", "Signing in is unavailable for a moment. Try again shortly.", 503)
         return response
 

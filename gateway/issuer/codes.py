@@ -35,6 +35,7 @@ class CodeGrant:
     subject: str  # the person who signed in and consented
     scopes: tuple[str, ...]  # what they granted (already narrowed)
     expires_at: float
+    source: str  # how the person signed in (SignIn.source), carried into the refresh family
 
 
 class CodeReplayed(OAuthError):
@@ -56,7 +57,7 @@ def _invalid(description: str, reason: str) -> OAuthError:
 def _grant(raw: str) -> CodeGrant:
     data: dict[str, Any] = json.loads(raw)
     request = AuthorizationRequest(**{**data["request"], "scopes": tuple(data["request"]["scopes"])})
-    return CodeGrant(request, data["subject"], tuple(data["scopes"]), data["expires_at"])
+    return CodeGrant(request, data["subject"], tuple(data["scopes"]), data["expires_at"], data["source"])
 
 
 class AuthorizationCodes:
@@ -65,9 +66,9 @@ class AuthorizationCodes:
         self._ttl = ttl
         self._clock = clock
 
-    async def issue(self, request: AuthorizationRequest, subject: str, scopes: tuple[str, ...]) -> str:
+    async def issue(self, request: AuthorizationRequest, subject: str, scopes: tuple[str, ...], source: str) -> str:
         code = secrets.token_urlsafe(32)
-        grant = CodeGrant(request, subject, scopes, self._clock() + self._ttl)
+        grant = CodeGrant(request, subject, scopes, self._clock() + self._ttl, source)
         await self._store.put(f"code:{_hash(code)}", json.dumps(asdict(grant)), self._ttl + _GRACE)
         return code
 
@@ -75,14 +76,13 @@ class AuthorizationCodes:
         """The grant behind `code`, spent now; OAuthError (invalid_grant) when anything does not match. Any
         mismatch spends the code too: a guess at the verifier gets one try."""
         name = _hash(code)
-        raw = await self._store.take(f"code:{name}")
+        raw = await self._store.take_marking(f"code:{name}", f"spent:{name}", _SPENT_MEMORY)
         if raw is None:
             if await self._store.get(f"spent:{name}") is not None:
                 await self._store.put(f"replayed:{name}", "1", _SPENT_MEMORY)
                 issued = [tuple(item.split(" ", 1)) for item in await self._store.items(f"issued:{name}")]
                 raise CodeReplayed([(kind, value) for kind, value in issued])
             raise _invalid("the authorization code is invalid or expired", "unknown_code")
-        await self._store.put(f"spent:{name}", "1", _SPENT_MEMORY)
         grant = _grant(raw)
         if grant.expires_at < self._clock():
             raise _invalid("the authorization code is invalid or expired", "code_expired")

@@ -141,19 +141,22 @@ def check_id_token_claims(
         raise bad("does not carry this sign-in's nonce")
 
 
-def person_of(
-    claims: dict[str, Any], settings: LoginOidcConfig, local_accounts: Collection[str]
-) -> tuple[str, tuple[str, ...]]:
-    """The subject (prefixed) and the scopes the person may grant, from verified claims."""
+def person_of(claims: dict[str, Any], settings: LoginOidcConfig, taken: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    """The subject (prefixed) and the scopes the person may grant, from verified claims. `taken`: the names of
+    accounts and agents, which a provider's person must never become."""
+    if settings.subject_claim == "email" and claims.get("email_verified") is not True:
+        # An address the provider has not verified is one the person typed: anyone's.
+        raise FederationError("oidc_subject", "the provider has not verified this email address (email_verified)")
     value = claims.get(settings.subject_claim)
     if not isinstance(value, str) or not _SUBJECT.match(settings.subject_prefix + value):
         raise FederationError(
             "oidc_subject", f"the provider's {settings.subject_claim} claim is not a usable subject (visible ASCII)"
         )
     subject = settings.subject_prefix + value
-    if subject in local_accounts:
-        # One name, two people: the provider's "alice" must not sign in as the embedded account alice.
-        raise FederationError("oidc_subject", "the provider's subject names an account of this service")
+    if subject in taken or subject.lower() in {name.lower() for name in taken}:
+        # One name, two identities: the provider's "alice" (or "Alice") must not sign in as the account alice or
+        # act under an agent's name.
+        raise FederationError("oidc_subject", "the provider's subject names an account or agent of this service")
     if not settings.scopes_claim:
         return subject, tuple(settings.default_scopes)
     listed = claims.get(settings.scopes_claim)

@@ -52,7 +52,7 @@ from gateway.issuer.registration import (
     secret_matches,
 )
 from gateway.issuer.sessions import PENDING_TTL, Pending, SignIn, SignIns, csrf_ok, new_browser
-from gateway.issuer.throttle import AuthThrottle
+from gateway.issuer.throttle import AuthThrottle, network_of
 from gateway.state import RefreshGrant, RefreshReused, SharedState, refresh_token_hash
 from gateway.state.ratelimit import RateLimiter, address_key
 from gateway.tokens.access_token import mint_access_token
@@ -147,19 +147,19 @@ class Interactive:
         """What the person may grant now (None: they may not sign in any more): an embedded account is read from
         the config each time, so a removed account or narrowed list takes effect within the session; a
         provider's person keeps what their ID token said while `login.oidc` stays."""
-        if signed_in.source == "oidc":
-            federated = self.config.login.oidc is not None and signed_in.subject not in self.config.login.users
-            return signed_in.scopes if federated else None
-        user = self.config.login.users.get(signed_in.subject)
-        return None if user is None or user.password_hash is None else tuple(user.scopes)
+        return self._grantable(signed_in.source, signed_in.subject, signed_in.scopes)
 
-    def _grantable(self, subject: str, granted: tuple[str, ...]) -> tuple[str, ...]:
-        """At a refresh, what of `granted` the person may still grant: an account's list as it is now; a provider's
-        person cannot be asked again, so their grant stands while `login.oidc` does."""
-        user = self.config.login.users.get(subject)
-        if user is not None:
-            return tuple(user.scopes) if user.password_hash is not None else ()
-        return granted if self.config.login.oidc is not None else ()
+    def _grantable(self, source: str, subject: str, granted: tuple[str, ...]) -> tuple[str, ...] | None:
+        """What a person signed in through `source` may grant now, None if they may not sign in any more: an
+        account's list as it is in login.users now; a provider's person, who cannot be asked again, keeps `granted`
+        while that same provider is configured and no account took their name."""
+        if source == "users":
+            user = self.config.login.users.get(subject)
+            return None if user is None or user.password_hash is None else tuple(user.scopes)
+        oidc = self.config.login.oidc
+        if oidc is not None and source == _oidc_source(oidc.issuer) and subject not in self.config.login.users:
+            return granted
+        return None
 
     def _path(self, path: str) -> str:
         return urlsplit(self.config.issuer.url).path.rstrip("/") + path
@@ -196,16 +196,14 @@ class Interactive:
         if self.limiter is None or limit is None:
             return None
         address = request.client.host if request.client else ""
-        verdict = await self.limiter.check(address_key(budget, address), limit)
+        verdict = await self.limiter.check(address_key(budget, network_of(address)), limit)
         return None if verdict.allowed else max(1, math.ceil(verdict.retry_after))
 
     async def authorize(self, request: Request) -> Response:
         wait = await self._over_limit(request, "~authorize", self.settings.limits.authorize)
         if wait is not None:
             self._audit(request, "authorize.denied", 429, reason="rate_limited")
-            refused = error_page("temporarily_unavailable", f"Too many sign-in requests. Try again in {wait} s.", 429)
-            refused.headers["retry-after"] = str(wait)
-            return refused
+            return _too_many(wait)
         params = parse_qs(request.url.query, keep_blank_values=True)
         claimed = _first(params, "client_id")
         try:
@@ -241,7 +239,7 @@ class Interactive:
         if signed_in is not None and scopes is not None:
             granted = granted_scopes(checked.scopes, self.settings.scopes, scopes)
             if await self._remembered(signed_in.subject, checked, granted):
-                return await self._approved(request, checked, signed_in.subject, granted, remembered=True)
+                return await self._approved(request, checked, signed_in, granted, remembered=True)
         browser = self._browser(request) or new_browser()
         name = display_name(document.client_name, _client_host(client_id) or "an application")
         key, pending = await self.sessions.hold(checked, name, browser)
@@ -314,7 +312,7 @@ class Interactive:
         # A password typed into the username field must not reach the audit log: only a name-shaped text does.
         tried = username if _USERNAME.match(username) else "?"
         address = request.client.host if request.client else ""
-        account = username if user is not None else None  # invented names share one budget ("?")
+        account = tried  # invented names too: a budget only real names had would tell which names exist
         wait = self.throttle.retry_after(address, account)
         if wait is not None:
             self._audit(
@@ -344,6 +342,9 @@ class Interactive:
         """Send the person to the provider, for the pending request the sign-in page named."""
         if self.provider is None:
             return error_page("invalid_request", "sign-in through an OpenID provider is not configured here", 404)
+        wait = await self._over_limit(request, "~authorize", self.settings.limits.authorize)
+        if wait is not None:  # each start holds a record, as an authorization request does: the same budget
+            return _too_many(wait)
         browser = self._browser(request)
         key = request.query_params.get("request")
         pending = await self.sessions.pending(key, browser)
@@ -387,13 +388,16 @@ class Interactive:
             claims = await self.provider.redeem(
                 code, verifier=federation.verifier, redirect_uri=self._oidc_callback(), nonce=federation.nonce
             )
-            subject, scopes = person_of(claims, self.provider.settings, self.config.login.users)
+            taken = [*self.config.login.users, *self.config.agents]
+            subject, scopes = person_of(claims, self.provider.settings, taken)
         except FederationError as exc:
             status = 503 if exc.reason == "oidc_unavailable" else 401
             self._audit(request, "login.failed", status, agent=pending.request.client_id, reason=exc.reason)
             message = f"{exc.description[:1].upper()}{exc.description[1:]}."
             return self._login_page(federation.request, pending, message, "", status)
-        cookie, signed_in = await self.sessions.start(subject, scopes, "oidc", self.settings.session_ttl)
+        cookie, signed_in = await self.sessions.start(
+            subject, scopes, _oidc_source(self.provider.settings.issuer), self.settings.session_ttl
+        )
         self._audit(request, "login.succeeded", 200, subject=subject, agent=pending.request.client_id)
         response = self._consent_page(federation.request, pending, signed_in, scopes)
         self._set_cookie(response, self.cookie, cookie, self.settings.session_ttl)
@@ -424,12 +428,18 @@ class Interactive:
             await self.state.ephemeral.put(
                 _consent_key(signed_in.subject, checked, scopes), record, self.settings.remember_consent
             )
-        return await self._approved(request, checked, signed_in.subject, scopes, remembered=False)
+        return await self._approved(request, checked, signed_in, scopes, remembered=False)
 
     async def _approved(
-        self, request: Request, checked: AuthorizationRequest, subject: str, scopes: tuple[str, ...], remembered: bool
+        self,
+        request: Request,
+        checked: AuthorizationRequest,
+        signed_in: SignIn,
+        scopes: tuple[str, ...],
+        remembered: bool,
     ) -> Response:
-        code = await self.codes.issue(checked, subject, scopes)
+        subject = signed_in.subject
+        code = await self.codes.issue(checked, subject, scopes, signed_in.source)
         self._audit(
             request,
             "consent.granted",
@@ -554,6 +564,7 @@ class Interactive:
             act=claims["act"],
             issued_at=now,
             expires_at=now + self.settings.refresh_token_ttl,
+            source=grant.source,
         )
         await self.state.store_refresh(refresh_token_hash(refresh_token), family)
         if not await self.state.record_family_token(family.family, claims["jti"], claims["exp"]):
@@ -583,7 +594,7 @@ class Interactive:
             await self.state.revoke_family(family.family)
             raise OAuthError("invalid_grant", "the refresh token has been revoked", reason="revoked")
         # What the person and the config still allow: a removed account or a narrowed scope list ends the grant.
-        person = self._grantable(family.subject, family.scopes)
+        person = self._grantable(family.source, family.subject, family.scopes) or ()
         allowed = [s for s in family.scopes if s in self.settings.scopes and s in person]
         requested = form.get("scope")
         scopes = tuple(s for s in allowed if requested is None or s in requested.split())
@@ -639,9 +650,23 @@ def _first(params: dict[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
+def _too_many(wait: int) -> Response:
+    refused = error_page("temporarily_unavailable", f"Too many sign-in requests. Try again in {wait} s.", 429)
+    refused.headers["retry-after"] = str(wait)
+    return refused
+
+
+def _oidc_source(issuer: str) -> str:
+    return f"oidc:{issuer}"
+
+
 def _consent_key(subject: str, checked: AuthorizationRequest, scopes: tuple[str, ...]) -> str:
-    # The redirect origin is part of it: a document that changes where codes go asks the person again.
-    parts = json.dumps([subject, checked.client_id, form_target(checked.redirect_uri), sorted(scopes)])
+    # The redirect URI is part of it, so a document that changes where codes go asks the person again; a loopback
+    # one without its port, which a native app picks afresh for every sign-in (RFC 8252 §7.3).
+    target = urlsplit(checked.redirect_uri)
+    if target.scheme == "http" and target.port is not None:
+        target = target._replace(netloc=target.netloc.rsplit(":", 1)[0])
+    parts = json.dumps([subject, checked.client_id, target.geturl(), sorted(scopes)])
     return "consent:" + hashlib.sha256(parts.encode()).hexdigest()
 
 

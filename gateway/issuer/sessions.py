@@ -27,7 +27,7 @@ class SignIn:
     subject: str
     csrf: str  # the anti-CSRF token every form of this session carries
     scopes: tuple[str, ...]  # what this person may grant, as their sign-in said (OIDC); accounts are re-read
-    source: str  # "users" (login.users) or "oidc"
+    source: str  # "users" (login.users) or "oidc:<provider issuer>"
     expires_at: float
 
 

@@ -1,6 +1,7 @@
 """Failed authentication, throttled (`issuer.auth_failure_limits`). Agents: per client address naming one agent,
-and per client address whatever it names. People signing in (a budget of their own): per account from anywhere,
-since a password guesser spreads over many addresses, and per address whatever it names.
+and per client address whatever it names. People signing in (a budget of their own): the same two, and one more
+per account from every address at the per-address rate, since a password guesser spreads over many addresses
+(a higher bar than one address's, so locking a person out takes a flood, not ten tries).
 
 Only failures are counted, in the rate limiter every replica shares (Redis when configured). A key whose failure
 budget is spent is held here until the limiter says it refills: requests on it are answered 429 before any secret
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from gateway.config import AuthFailureLimits, RateLimit
-from gateway.state.ratelimit import RateLimiter, address_key
+from gateway.state.ratelimit import RateLimiter, address_key, budget_address
 
 # Keys look like a public route's per-address budget (so the in-memory limiter keeps them apart from agents' and
 # evicts them first), under a name no route can have: route names begin with a letter or digit.
@@ -28,12 +29,18 @@ UNKNOWN_CLIENT = "?"
 
 def failure_keys(
     address: str, client_id: str | None, budget: str = _BUDGET, everywhere: bool = False
-) -> tuple[str, str]:
-    """The per-client and per-address budgets that a failure from `address` naming `client_id` spends; with
-    `everywhere`, the per-client budget is the same from every address."""
-    per_address = address_key(budget, address)
-    per_client = address_key(budget, "*") if everywhere else per_address
-    return f"{per_client}:client:{client_id or UNKNOWN_CLIENT}", per_address
+) -> tuple[str, ...]:
+    """The budgets a failure from `address` naming `client_id` spends: per client at that address, per address,
+    and with `everywhere` per client from every address."""
+    per_address = address_key(budget, network_of(address))
+    name = client_id or UNKNOWN_CLIENT
+    keys = (f"{per_address}:client:{name}", per_address)
+    return (*keys, f"{address_key(budget, '*')}:client:{name}") if everywhere else keys
+
+
+def network_of(address: str) -> str:
+    """The unit an address budget counts (an IPv6 /64), or the text itself when it is no IP."""
+    return budget_address(address) or address
 
 
 class AuthThrottle:
@@ -62,11 +69,13 @@ class AuthThrottle:
 
     async def failed(self, address: str, client_id: str | None, limits: AuthFailureLimits) -> None:
         """Count one failed authentication; hold the budgets it spent."""
-        for key, limit in zip(self._keys(address, client_id), (limits.per_client, limits.per_address), strict=True):
+        keys = self._keys(address, client_id)
+        budgets = (limits.per_client, limits.per_address, limits.per_address)[: len(keys)]
+        for key, limit in zip(keys, budgets, strict=True):
             if limit is not None:
                 await self._count(key, limit)
 
-    def _keys(self, address: str, client_id: str | None) -> tuple[str, str]:
+    def _keys(self, address: str, client_id: str | None) -> tuple[str, ...]:
         return failure_keys(address, client_id, self._budget, self._everywhere)
 
     async def _count(self, key: str, limit: RateLimit) -> None:

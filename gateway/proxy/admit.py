@@ -16,7 +16,6 @@ the last `X-Forwarded-For` entry, the address your load balancer saw.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 from collections.abc import Callable
 
@@ -28,7 +27,7 @@ from gateway.proxy.authorize import Route
 from gateway.proxy.head import RequestHead
 from gateway.proxy.snapshot import Snapshot
 from gateway.state.gcra import RateVerdict
-from gateway.state.ratelimit import RateLimiter, address_key
+from gateway.state.ratelimit import RateLimiter, address_key, budget_address
 
 _WINDOW_NAMES = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 
@@ -64,22 +63,10 @@ def client_address(forwarded_for: bytes, peer: str, *, trust_forwarded: bool) ->
     subscriber is given: otherwise every address in it would bring a fresh budget."""
     if trust_forwarded:
         # `forwarded_for` is the last X-Forwarded-For field: several fields are one list (RFC 9110 §5.3).
-        forwarded = _budget_address(forwarded_for.rpartition(b",")[2].strip().decode("latin-1"))
+        forwarded = budget_address(forwarded_for.rpartition(b",")[2].strip().decode("latin-1"))
         if forwarded is not None:
             return forwarded
-    return _budget_address(peer) or peer  # a peer that is no IP (a unix socket): nothing better to count by
-
-
-def _budget_address(text: str) -> str | None:
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+    return budget_address(peer) or peer  # a peer that is no IP (a unix socket): nothing better to count by
 
 
 def limited_description(limit: RateLimit, route: str, principal: Principal | None, verdict: RateVerdict) -> str:

@@ -31,6 +31,11 @@ class Ephemeral(Protocol):
         """The value, deleted in the same step: a second taker gets None."""
         ...
 
+    async def take_marking(self, key: str, mark: str, ttl: float) -> str | None:
+        """`take`, and when there was a value, set `mark` (for `ttl`) in the same step: no one can see the value
+        gone and the mark not yet there."""
+        ...
+
     async def delete(self, key: str) -> None: ...
 
     async def append(self, key: str, value: str, ttl: float) -> None:
@@ -41,27 +46,33 @@ class Ephemeral(Protocol):
 
 
 class MemoryEphemeral:
-    """One process's records, bounded in number: past the bound the oldest go (a flood cannot grow memory)."""
+    """One process's records, bounded in number per kind (the text before a key's first `:`): past the bound the
+    oldest of that kind go, so a flood of one kind (pending requests, say) never evicts another (registrations)."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time, limit: int = MAX_MEMORY_RECORDS) -> None:
         self._clock = clock
         self._limit = limit
-        self._records: OrderedDict[str, tuple[str | list[str], float]] = OrderedDict()
+        self._kinds: dict[str, OrderedDict[str, tuple[str | list[str], float]]] = {}
+
+    def _bucket(self, key: str) -> OrderedDict[str, tuple[str | list[str], float]]:
+        return self._kinds.setdefault(key.split(":", 1)[0], OrderedDict())
 
     def _live(self, key: str) -> str | list[str] | None:
-        found = self._records.get(key)
+        bucket = self._bucket(key)
+        found = bucket.get(key)
         if found is None:
             return None
         if found[1] <= self._clock():
-            del self._records[key]
+            del bucket[key]
             return None
         return found[0]
 
     def _store(self, key: str, value: str | list[str], expires_at: float) -> None:
-        self._records[key] = (value, expires_at)
-        self._records.move_to_end(key)
-        while len(self._records) > self._limit:
-            self._records.popitem(last=False)
+        bucket = self._bucket(key)
+        bucket[key] = (value, expires_at)
+        bucket.move_to_end(key)
+        while len(bucket) > self._limit:
+            bucket.popitem(last=False)
 
     async def put(self, key: str, value: str, ttl: float) -> None:
         self._store(key, value, self._clock() + ttl)
@@ -72,16 +83,23 @@ class MemoryEphemeral:
 
     async def take(self, key: str) -> str | None:
         value = await self.get(key)
-        self._records.pop(key, None)
+        self._bucket(key).pop(key, None)
+        return value
+
+    async def take_marking(self, key: str, mark: str, ttl: float) -> str | None:
+        value = await self.take(key)  # no await inside: one step for every other coroutine of the process
+        if value is not None:
+            await self.put(mark, "1", ttl)
         return value
 
     async def delete(self, key: str) -> None:
-        self._records.pop(key, None)
+        self._bucket(key).pop(key, None)
 
     async def append(self, key: str, value: str, ttl: float) -> None:
         current = self._live(key)
         items = [*current, value] if isinstance(current, list) else [value]
-        expires_at = max(self._clock() + ttl, self._records[key][1] if key in self._records else 0.0)
+        bucket = self._bucket(key)
+        expires_at = max(self._clock() + ttl, bucket[key][1] if key in bucket else 0.0)
         self._store(key, items, expires_at)
 
     async def items(self, key: str) -> list[str]:
@@ -96,6 +114,7 @@ class RedisEphemeral:
         self._redis = redis
         self._prefix = prefix + "people:"
         self._append = redis.register_script(_APPEND)
+        self._take_marking = redis.register_script(_TAKE_MARKING)
 
     async def put(self, key: str, value: str, ttl: float) -> None:
         try:
@@ -113,6 +132,13 @@ class RedisEphemeral:
     async def take(self, key: str) -> str | None:
         try:
             value = await self._redis.getdel(self._prefix + key)
+        except REDIS_FAILURES as exc:
+            raise _unavailable(exc) from exc
+        return value if isinstance(value, str) else None
+
+    async def take_marking(self, key: str, mark: str, ttl: float) -> str | None:
+        try:
+            value = await self._take_marking(keys=[self._prefix + key, self._prefix + mark], args=[_ms(ttl)])
         except REDIS_FAILURES as exc:
             raise _unavailable(exc) from exc
         return value if isinstance(value, str) else None
@@ -141,6 +167,13 @@ class RedisEphemeral:
 _APPEND = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+"""
+
+# Both keys share the prefix, which on Cluster is a hash tag (one slot), so one script may touch both.
+_TAKE_MARKING = """
+local value = redis.call('GETDEL', KEYS[1])
+if value then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end
+return value
 """
 
 

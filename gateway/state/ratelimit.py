@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -64,6 +65,20 @@ def address_key(route: str, address: str) -> str:
     """The budget of a client address on a public route. Made here, beside the check that tells such keys from
     agents' (`route:agent:…`, `route:iss:…`), so the format has one owner. Route names hold no ':' (config)."""
     return f"{route}:ip:{address}"
+
+
+def budget_address(text: str) -> str | None:
+    """The unit an address budget counts: the IP, or for IPv6 its /64, which one host is typically given whole (a
+    budget per IPv6 address would be one per attempt); None when `text` is no IP."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _is_address_key(key: str) -> bool:

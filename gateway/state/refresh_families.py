@@ -43,6 +43,8 @@ class RefreshGrant:
     expires_at: float
     ancestors: tuple[str, ...] = ()  # the jtis of the tokens the grant was exchanged from (see Principal)
     may_act: dict[str, Any] | None = None  # the subject token's RFC 8693 §4.4 claim, kept by every refresh
+    # A person's grant: how they signed in ("users", or "oidc:<provider issuer>"), re-checked at every refresh.
+    source: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -56,6 +58,7 @@ class RefreshGrant:
                 "expires_at": self.expires_at,
                 "ancestors": list(self.ancestors),
                 "may_act": self.may_act,
+                "source": self.source,
             },
             separators=(",", ":"),
         )
@@ -73,6 +76,7 @@ class RefreshGrant:
             expires_at=float(data["expires_at"]),
             ancestors=tuple(data.get("ancestors", ())),
             may_act=data.get("may_act"),
+            source=str(data.get("source", "")),
         )
 
 

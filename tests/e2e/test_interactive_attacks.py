@@ -36,12 +36,14 @@ def gw(upstream: Upstream, client_host: ClientHost, tmp_path_factory: pytest.Tem
     gateway.stop()
 
 
-def start(browser: httpx2.Client, gw: Gateway, client_id: str, scope: str = "crm.read") -> httpx2.Response:
+def start(
+    browser: httpx2.Client, gw: Gateway, client_id: str, scope: str = "crm.read", port: int = 50123
+) -> httpx2.Response:
     _, challenge = pkce()
     params = {
         "response_type": "code",
         "client_id": client_id,
-        "redirect_uri": "http://127.0.0.1:50123/callback",
+        "redirect_uri": f"http://127.0.0.1:{port}/callback",
         "code_challenge": challenge,
         "code_challenge_method": "S256",
         "state": "s",
@@ -131,7 +133,7 @@ def test_a_remembered_consent_skips_the_page_for_the_same_client_and_scopes_only
         decision = {"csrf": field(consent.text, "csrf"), "request": field(consent.text, "request")}
         approved = browser.post(f"{gw.issuer_url}/consent", data={**decision, "decision": "approve", "remember": "1"})
         assert approved.status_code == 303 and "code=" in approved.headers["location"]
-        again = start(browser, gw, client_host.url)
+        again = start(browser, gw, client_host.url, port=50999)  # a native app's next sign-in, on a new port
         assert (
             again.status_code == 303 and "code=" in again.headers["location"] and "state=s" in again.headers["location"]
         )

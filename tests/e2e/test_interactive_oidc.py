@@ -15,10 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import jwt
 import pytest
+import yaml
 from argon2 import PasswordHasher
 from oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider, serve_oidc_provider
 from people_support import ClientHost, field, pkce
-from support import Gateway, Upstream, start_gateway
+from support import Gateway, Upstream, start_gateway, wait_until
 from tls_support import CertificateFiles, make_test_ca
 
 CALLBACK = "http://127.0.0.1:50123/callback"
@@ -88,6 +89,20 @@ def authorize_params(client_host: ClientHost, challenge: str) -> dict[str, str]:
     }
 
 
+def redeem(gw: Gateway, client_host: ClientHost, code: str, verifier: str) -> dict[str, Any]:
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": client_host.url,
+        "redirect_uri": CALLBACK,
+        "code_verifier": verifier,
+    }
+    answer = httpx2.post(f"{gw.issuer_url}/oauth/token", data=form)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
 def to_provider_and_back(
     client: httpx2.Client, gw: Gateway, client_host: ClientHost, challenge: str
 ) -> httpx2.Response:
@@ -116,14 +131,7 @@ def test_a_person_signs_in_at_the_provider_and_the_client_acts_for_them(
         form = {"csrf": field(consent.text, "csrf"), "request": field(consent.text, "request"), "decision": "approve"}
         decision = client.post(f"{gw.issuer_url}/consent", data=form)
     code = parse_qs(urlsplit(decision.headers["location"]).query)["code"][0]
-    redeem = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "client_id": client_host.url,
-        "redirect_uri": CALLBACK,
-        "code_verifier": verifier,
-    }
-    token = httpx2.post(f"{gw.issuer_url}/oauth/token", data=redeem).json()
+    token = redeem(gw, client_host, code, verifier)
     claims = jwt.decode(token["access_token"], options={"verify_signature": False})
     # requested (read, write) ∩ interactive (read, write) ∩ the provider's claim (read, admin)
     assert (claims["sub"], claims["scope"], claims["act"]) == ("corp:carol", "crm.read", {"sub": client_host.url})
@@ -199,3 +207,38 @@ def test_a_refusal_at_the_provider_shows_the_sign_in_page_again(
         answer = to_provider_and_back(client, gw, client_host, challenge)
     assert answer.status_code == 401 and "did not complete" in answer.text and "Sign in with Corp SSO" in answer.text
     gw.wait_audit(lambda e: e["event"] == "login.failed" and e.get("reason") == "oidc_error")
+
+
+def test_an_account_removed_from_login_users_loses_its_refresh_tokens_though_a_provider_is_set(
+    gw: Gateway, client_host: ClientHost
+):
+    """With login.oidc configured, a name missing from login.users must not pass for a provider's person: the
+    refresh family remembers how its person signed in."""
+    verifier, challenge = pkce()
+    with httpx2.Client(follow_redirects=False) as client:
+        login = client.get(f"{gw.issuer_url}/oauth/authorize", params=authorize_params(client_host, challenge))
+        form = {"csrf": field(login.text, "csrf"), "request": field(login.text, "request")}
+        consent = client.post(f"{gw.issuer_url}/login", data={**form, "username": "alice", "password": "pw"})
+        decision = {"csrf": field(consent.text, "csrf"), "request": field(consent.text, "request")}
+        answer = client.post(f"{gw.issuer_url}/consent", data={**decision, "decision": "approve"})
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    tokens = redeem(gw, client_host, code, verifier)
+    config = yaml.safe_load(gw.config_path.read_text())
+    saved = config["login"].pop("users")
+    gw.config_path.write_text(yaml.safe_dump(config))
+    try:
+        refresh = {"grant_type": "refresh_token", "client_id": client_host.url}
+
+        def refused() -> bool:
+            answer = httpx2.post(
+                f"{gw.issuer_url}/oauth/token", data={**refresh, "refresh_token": tokens["refresh_token"]}
+            )
+            if answer.status_code == 200:  # before the reload: keep the rotated one
+                tokens["refresh_token"] = answer.json()["refresh_token"]
+                return False
+            return answer.json()["error"] == "invalid_grant"
+
+        wait_until(refused, what="alice's refresh token refused once login.users no longer has her")
+    finally:
+        config["login"]["users"] = saved
+        gw.config_path.write_text(yaml.safe_dump(config))

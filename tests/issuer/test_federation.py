@@ -80,17 +80,37 @@ def test_the_person_is_the_prefixed_subject_with_the_scopes_their_claim_lists():
     assert person_of(claims(groups=["crm.read", "bad scope", 7]), oidc, {"alice"}) == ("corp:carol", ("crm.read",))
     assert person_of(claims(groups="crm.read crm.write"), oidc, set())[1] == ("crm.read", "crm.write")
     assert person_of(claims(), settings(default_scopes=["crm.read"]), set()) == ("carol", ("crm.read",))
-    assert person_of(claims(email="c@example.com"), settings(subject_claim="email"), set())[0] == "c@example.com"
+    verified = claims(email="c@example.com", email_verified=True)
+    assert person_of(verified, settings(subject_claim="email"), set())[0] == "c@example.com"
 
 
-@pytest.mark.parametrize("subject", ["alice", "", "two words", "x" * 300, 42])
-def test_a_subject_that_names_an_account_or_is_not_header_safe_signs_nobody_in(subject: Any):
+@pytest.mark.parametrize("subject", ["alice", "Alice", "billing-bot", "", "two words", "x" * 300, 42])
+def test_a_subject_that_names_an_account_or_agent_or_is_not_header_safe_signs_nobody_in(subject: Any):
     with pytest.raises(FederationError):
-        person_of(claims(sub=subject), settings(), {"alice"})
+        person_of(claims(sub=subject), settings(), {"alice", "billing-bot"})
+
+
+def test_an_email_subject_needs_the_provider_to_have_verified_it():
+    oidc = settings(subject_claim="email")
+    with pytest.raises(FederationError, match="email_verified"):
+        person_of(claims(email="ceo@example.com"), oidc, set())
+    with pytest.raises(FederationError):
+        person_of(claims(email="ceo@example.com", email_verified="true"), oidc, set())
+    assert person_of(claims(email="c@example.com", email_verified=True), oidc, set())[0] == "c@example.com"
 
 
 def test_the_provider_is_always_asked_for_openid():
     assert settings(provider_scopes=["email"]).provider_scopes == ["openid", "email"]
+
+
+def test_the_provider_and_a_trusted_issuer_need_prefixes_apart(tmp_path: Path):
+    path = tmp_path / "tollbooth.yaml"
+    path.write_text(
+        "trusted_issuers: [{issuer: 'https://idp.example.com', jwks_uri: 'https://idp.example.com/jwks'}]\n"
+        "login: {oidc: {issuer: 'https://login.example.com', client_id: t}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"login.oidc \(https://login.example.com\): subject_prefix: required"):
+        load_config(path)
 
 
 def test_the_token_service_cannot_be_its_own_provider(tmp_path: Path):

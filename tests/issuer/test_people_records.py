@@ -50,7 +50,7 @@ async def store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[E
 
 async def test_a_code_redeems_once_for_its_client_redirect_and_verifier(store: Ephemeral, clock: Clock):
     codes = AuthorizationCodes(store, clock=clock)
-    code = await codes.issue(REQUEST, "alice", ("crm.read",))
+    code = await codes.issue(REQUEST, "alice", ("crm.read",), "users")
     grant = await codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
     assert (grant.subject, grant.scopes, grant.request) == ("alice", ("crm.read",), REQUEST)
     assert await codes.record_issued(code, "jti", "jti-1")
@@ -75,7 +75,7 @@ async def test_a_code_presented_with_anything_else_is_refused_and_spent(
     store: Ephemeral, clock: Clock, client_id: str, redirect_uri: str | None, verifier: str | None, reason: str
 ):
     codes = AuthorizationCodes(store, clock=clock)
-    code = await codes.issue(REQUEST, "alice", ("crm.read",))
+    code = await codes.issue(REQUEST, "alice", ("crm.read",), "users")
     with pytest.raises(OAuthError) as refused:
         await codes.redeem(code, client_id=client_id, redirect_uri=redirect_uri, verifier=verifier)
     assert (refused.value.error, refused.value.reason) == ("invalid_grant", reason)
@@ -86,7 +86,7 @@ async def test_a_code_presented_with_anything_else_is_refused_and_spent(
 
 async def test_a_code_expires_after_sixty_seconds_and_an_unknown_code_is_refused(store: Ephemeral, clock: Clock):
     codes = AuthorizationCodes(store, clock=clock)
-    code = await codes.issue(REQUEST, "alice", ("crm.read",))
+    code = await codes.issue(REQUEST, "alice", ("crm.read",), "users")
     clock.now += 61
     with pytest.raises(OAuthError) as expired:
         await codes.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
@@ -96,10 +96,26 @@ async def test_a_code_expires_after_sixty_seconds_and_an_unknown_code_is_refused
     assert unknown.value.reason == "unknown_code"
 
 
+async def test_a_take_that_marks_leaves_no_moment_with_neither(store: Ephemeral):
+    await store.put("code:x", "grant", 60)
+    assert await store.take_marking("code:x", "spent:x", 60) == "grant"
+    assert await store.get("spent:x") == "1" and await store.take_marking("code:x", "spent:y", 60) is None
+    assert await store.get("spent:y") is None  # nothing taken, nothing marked
+
+
+async def test_a_flood_of_one_kind_never_evicts_another(clock: Clock):
+    store = MemoryEphemeral(clock=clock, limit=3)
+    await store.put("client:dcr_1", "registered", 3600)
+    for n in range(10):
+        await store.put(f"pending:{n}", "held", 600)
+    assert await store.get("client:dcr_1") == "registered"
+    assert await store.get("pending:0") is None and await store.get("pending:9") == "held"
+
+
 async def test_two_replicas_sharing_the_records_see_one_redemption(store: Ephemeral, clock: Clock):
     """Two token-service replicas (two AuthorizationCodes on one store): the code works on either, once."""
     first, second = AuthorizationCodes(store, clock=clock), AuthorizationCodes(store, clock=clock)
-    code = await first.issue(REQUEST, "alice", ("crm.read",))
+    code = await first.issue(REQUEST, "alice", ("crm.read",), "users")
     await second.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)
     with pytest.raises(CodeReplayed):
         await first.redeem(code, client_id=CLIENT, redirect_uri=LOOPBACK, verifier=VERIFIER)

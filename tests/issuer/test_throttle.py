@@ -11,7 +11,7 @@ from support import Clock
 from gateway.config import AuthFailureLimits
 from gateway.issuer.clients import claimed_client_id
 from gateway.issuer.oauth import Form
-from gateway.issuer.throttle import AuthThrottle, failure_keys
+from gateway.issuer.throttle import AuthThrottle, failure_keys, network_of
 from gateway.state.ratelimit import LocalRateLimiter
 
 pytestmark = pytest.mark.anyio
@@ -70,16 +70,27 @@ def test_unknown_names_share_one_key_and_addresses_never_meet() -> None:
 
 
 async def test_sign_in_failures_for_one_account_count_from_every_address(clock: Clock) -> None:
-    """A password guesser spreads over addresses: the people's budget is per account, wherever the guess is from,
-    and it is not the agents' budget (a flood of sign-ins never holds an agent's authentication)."""
+    """A password guesser spreads over addresses: the people's budget is also per account, wherever the guess is
+    from, at the (higher) per-address rate, so ten tries cannot lock a person out; and it is not the agents'
+    budget (a flood of sign-ins never holds an agent's authentication)."""
     limiter = LocalRateLimiter(clock=clock)
+    limits = AuthFailureLimits(per_client="2/minute", per_address="4/minute")
     login = AuthThrottle(limiter, clock=clock, budget="~login", everywhere=True)
     agents = AuthThrottle(limiter, clock=clock)
     for n in range(3):
-        await login.failed(f"10.0.2.{n}", "alice", LIMITS)
+        await login.failed(f"10.0.2.{n}", "alice", limits)
+    assert login.retry_after("10.0.9.9", "alice") is None  # three tries from three places: not yet
+    for n in range(3, 6):
+        await login.failed(f"10.0.2.{n}", "alice", limits)
     assert login.retry_after("10.0.9.9", "alice") is not None
     assert login.retry_after("10.0.9.9", "bob") is None
     assert agents.retry_after("10.0.2.0", "alice") is None
+
+
+def test_an_ipv6_host_is_counted_by_its_64():
+    assert network_of("2001:db8:1:2:aaaa::1") == network_of("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert network_of("2001:db8:1:3::1") != network_of("2001:db8:1:2::1")
+    assert network_of("::ffff:10.0.0.1") == "10.0.0.1" and network_of("10.0.0.1") == "10.0.0.1"
 
 
 def _basic(text: str) -> str:
