@@ -29,6 +29,7 @@ log = logging.getLogger("tollbooth.issuer")
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 DISCOVERY_TTL = 3600.0
+DISCOVERY_RETRY = 60.0
 MAX_RESPONSE_BYTES = 64 * 1024
 # An ID token's typ, when it has one, is "JWT" (RFC 7519 §5.1); an access token (at+jwt) is not an ID token.
 ID_TOKEN_TYPES: frozenset[str | None] = frozenset({None, "jwt"})
@@ -206,6 +207,8 @@ class OpenIdProvider:
                 if cached is None:
                     raise
                 log.warning("OpenID provider %s: discovery failed; using the last good document", self.settings.issuer)
+                # Tried again in a minute, not by every sign-in meanwhile (each would wait out the timeout).
+                self._metadata = (cached[0], self._clock() + DISCOVERY_RETRY)
                 return cached[0]
             self._metadata = (fresh, self._clock() + DISCOVERY_TTL)
             return fresh
