@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/example.yaml
 
-.PHONY: install run test fuzz bench bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
+.PHONY: install run test fuzz bench profile bench-audit bench-ratelimit bench-transports lint clean redis-server bench-tools \
 	constraints helm chart-schema image-test bench-mcp conformance browser
 
 $(BIN)/python:
@@ -85,6 +85,11 @@ bench-tools:
 
 bench: install bench-tools
 	$(BIN)/python benchmarks/proxy_bench.py
+
+# Where the proxy's time goes under make bench's load: a py-spy flame graph at benchmarks/out/profile.svg.
+profile: install bench-tools
+	@test -x $(BIN)/py-spy || $(BIN)/pip install --quiet py-spy
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/profile.py
 
 # The Redis audit sink: events/s into a local Redis, and the proxy's req/s with the sink on vs off.
 bench-audit: install bench-tools redis-server
