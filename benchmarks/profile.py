@@ -1,8 +1,9 @@
 """`make profile`: where the proxy's time goes, under the same load as `make bench`.
 
 Starts nginx and `tollbooth serve --only proxy` as proxy_bench.py does, drives it with wrk (32 connections) and
-samples the gateway process with py-spy: a flame graph at benchmarks/out/profile.svg, and the collapsed stacks at
-benchmarks/out/profile.txt, from which the functions with the most samples (self and total) are printed.
+samples the gateway process with py-spy, the thread holding the GIL only (what costs CPU): a flame graph at
+benchmarks/out/profile.svg, and the collapsed stacks at benchmarks/out/profile.txt, from which the functions with
+the most samples (self and total) are printed.
 
     .venv/bin/python benchmarks/profile.py [--duration 10] [--rate 1000]
 """
@@ -28,8 +29,22 @@ OUT = Path(__file__).resolve().parent / "out"
 def record(pid: int, fmt: str, dest: Path, duration: int, rate: int, url: str, token: str) -> None:
     """py-spy on `pid` for `duration` seconds while wrk loads `url`."""
     spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(duration), "--format", fmt,
-         "--output", str(dest), "--nonblocking"],
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--format",
+            fmt,
+            "--output",
+            str(dest),
+            "--nonblocking",
+            "--gil",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
