@@ -1,22 +1,26 @@
-"""The admin listener: Prometheus metrics, liveness and readiness."""
+"""The admin listener: Prometheus metrics, liveness and readiness, and the admin API's routes (admin_api.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 # A readiness check returns None when fine, else a short sentence saying what is wrong.
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
-def admin_app(checks: dict[str, ReadinessCheck], degradable: Callable[[], Collection[str]] = frozenset) -> Starlette:
+def admin_app(
+    checks: dict[str, ReadinessCheck],
+    degradable: Callable[[], Collection[str]] = frozenset,
+    api: Sequence[BaseRoute] = (),
+) -> Starlette:
     """`degradable()`: the checks whose failure leaves the gateway serving (in a reduced way it reports). A check
     whose problem starts with "degraded:" is one too. `/readyz?degraded=ok` answers 200 while only those fail:
     the readiness probe a load balancer wants, so that a Redis outage does not take every replica out of service."""
@@ -49,5 +53,6 @@ def admin_app(checks: dict[str, ReadinessCheck], degradable: Callable[[], Collec
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            *api,
         ]
     )

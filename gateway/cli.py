@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
 import sys
@@ -455,6 +456,101 @@ def _audit_revocation(config: Config, args: argparse.Namespace, now: float) -> s
     return None
 
 
+def cmd_block(args: argparse.Namespace) -> int:
+    """`tollbooth block` / `unblock`: through the admin API (--admin URL) or straight into the shared state."""
+    on = args.func is cmd_block
+    if args.admin:
+        return _block_through_api(args, on)
+    from gateway.audit.events import AuditEvent
+    from gateway.audit.record import record_event
+    from gateway.redis.connect import REDIS_FAILURES
+    from gateway.state import StateUnavailable, open_state
+    from gateway.state.revocations import block_record
+
+    config = _load(args.config).config
+    journal = Path(config.issuer.revocations_file).resolve()
+
+    async def run() -> list[dict[str, object]]:
+        state = open_state(config.redis.url, revocations_file=journal)
+        try:
+            if args.list:
+                await state.start()  # loads what is in force
+                return state.revocations.blocks()
+            kind, party = ("agent", args.agent) if args.agent else ("subject", args.subject)
+            record = block_record(kind, party, on=on, reason=args.reason or "", by="cli", since=time.time())
+            await state.set_block(record)
+            return [record]
+        finally:
+            await state.aclose()
+
+    try:
+        records = asyncio.run(run())
+    except StateUnavailable as exc:
+        _fail(f"nothing changed: {exc}")
+    if args.list:
+        _print_blocks(records)
+        return 0
+    record = records[0]
+    print(f"{'blocked' if on else 'unblocked'} {record['block']} {record['id']} (every gateway within a second)")
+    event = AuditEvent(
+        event="agent.blocked" if on else "agent.unblocked",
+        ts=float(str(record["since"])),
+        decision="allow",
+        by="cli",
+        reason=args.reason or "",
+        agent=str(record["id"]) if record["block"] == "agent" else "",
+        subject=str(record["id"]) if record["block"] == "subject" else "",
+    )
+    try:
+        record_event(config.redis.url, config.audit, event)
+    except (*REDIS_FAILURES, OSError) as exc:
+        print(f"warning: done, but its audit event was not written: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _block_through_api(args: argparse.Namespace, on: bool) -> int:
+    import urllib.parse
+
+    import httpx2
+
+    token = os.environ.get("TOLLBOOTH_ADMIN_TOKEN", "")
+    if not token:
+        _fail("set TOLLBOOTH_ADMIN_TOKEN to the admin token (admin.token_hash holds its hash)")
+    base = args.admin.rstrip("/") + "/api/blocks"
+    headers = {"authorization": f"Bearer {token}"}
+    kind, party = ("agent", args.agent) if args.agent else ("subject", args.subject)
+    try:
+        if args.list:
+            answer = httpx2.get(base, headers=headers)
+        elif on:
+            answer = httpx2.post(base, headers=headers, json={kind: party, "reason": args.reason or ""})
+        else:
+            answer = httpx2.delete(f"{base}/{kind}/{urllib.parse.quote(party, safe='')}", headers=headers)
+    except httpx2.HTTPError as exc:
+        _fail(f"the admin API at {args.admin} cannot be reached: {exc}")
+    if answer.status_code >= 400:
+        _fail(f"the admin API refused ({answer.status_code}): {answer.text}")
+    if args.list:
+        _print_blocks(answer.json()["blocks"])
+    else:
+        print(f"{'blocked' if on else 'unblocked'} {kind} {party} (every gateway within a second)")
+    return 0
+
+
+def _print_blocks(records: list[dict[str, object]]) -> None:
+    if not records:
+        print("no blocks in force")
+    for record in records:
+        when = datetime.datetime.fromtimestamp(float(str(record["since"])), datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        who, why = record.get("by") or "?", record.get("reason") or ""
+        print(f"{record['block']:8} {record['id']}  since {when} by {who}: {why}")
+
+
+def cmd_unblock(args: argparse.Namespace) -> int:
+    return cmd_block(args)
+
+
 def cmd_audit_tail(args: argparse.Namespace) -> int:
     import time
 
@@ -746,6 +842,26 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
     which.add_argument("--agent", help="an agent's client_id: every token issued to it so far")
     which.add_argument("--subject", help="a subject (user or org): every token issued for it so far")
     revoke.set_defaults(func=cmd_revoke)
+
+    for name, func, what in (("block", cmd_block, "stop"), ("unblock", cmd_unblock, "let through again")):
+        sub = verbs.add_parser(
+            name,
+            help=f"the kill switch: {what} an agent or a subject at every gateway within a second",
+            description=f"{what.capitalize()} every request and token of an agent (also when it acts for someone, "
+            "or as an actor in a delegation chain) or of a subject, at every gateway sharing this config's state "
+            "within a second; blocked callers get 403 access_denied naming the block, their open streams are "
+            "closed and the token service issues them nothing. Blocks persist until unblocked. With --admin, "
+            "through the admin API (token in TOLLBOOTH_ADMIN_TOKEN); else straight into the shared state.",
+        )
+        _add_config(sub)
+        sub.add_argument("--admin", metavar="URL", help="the admin listener, e.g. http://127.0.0.1:9090")
+        party = sub.add_mutually_exclusive_group(required=True)
+        party.add_argument("--agent", help="an agent's client_id")
+        party.add_argument("--subject", help="a subject (a person or org)")
+        party.add_argument("--list", action="store_true", help="show the blocks in force")
+        if name == "block":
+            sub.add_argument("--reason", help="why, shown to the blocked caller and in the audit log")
+        sub.set_defaults(func=func, reason=None)
 
     schema = verbs.add_parser(
         "schema",

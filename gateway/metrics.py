@@ -59,6 +59,14 @@ AUDIT_QUEUE_DEPTH = Gauge(
 )
 
 
+BLOCKS_ACTIVE = Gauge(
+    "tollbooth_blocks_active",
+    "Agents and subjects blocked now (the kill switch), as this process sees them.",
+    ["kind"],
+    multiprocess_mode="max",
+)
+
+
 @lru_cache(maxsize=8192)
 def child(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, remembered: the hot path asks for the same few children millions of times,

@@ -23,6 +23,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.admin import ReadinessCheck, admin_app
+from gateway.admin_api import AdminApi
 from gateway.audit.sinks import AuditSink, FileSink
 from gateway.audit.streams import RedisStreamSink
 from gateway.config import LoadedConfig, ProxyConfig
@@ -252,15 +253,16 @@ async def run_gateway(
     gateway.apply(loaded)
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
-    proxy_app = ProxyApp(gateway.current, audit, state.problem, gateway.limiter)
+    proxy_app = ProxyApp(gateway.current, audit, state.problem, gateway.limiter, revocations=state.revocations)
     issuer = IssuerApp(
         lambda: gateway.loaded.config, lambda: gateway.keys, state, audit, limiter=gateway.limiter, jwks=gateway.jwks
     )
     gateway._closers.append(issuer.aclose)
+    api = AdminApi(lambda: gateway.loaded.config, state, audit)
     apps: dict[str, tuple[object, str]] = {
         "proxy": (proxy_app, config.proxy.listen),
         "issuer": (issuer, config.issuer.listen),
-        "admin": (admin_app(await gateway.readiness(), gateway.degradable), config.admin.listen),
+        "admin": (admin_app(await gateway.readiness(), gateway.degradable, api.routes), config.admin.listen),
     }
     servers: list[tuple[QuietServer, socket.socket]] = []
     for name in LISTENERS:

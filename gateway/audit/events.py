@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -108,6 +109,8 @@ class AuditEvent:
     mcp_name: str = ""
     # Token-service events: the grant type a token came from (authorization_code for a person's client).
     grant: str = ""
+    # Operator actions (the admin API, `tollbooth block`): who did it, the admin token's label or "cli".
+    by: str = ""
     # A stable id so a replayed batch can skip what was already written (audit issue: idempotent replay).
     id: str = ""
 
@@ -133,6 +136,21 @@ class AuditEvent:
 
 _OPTIONAL = tuple(f.name for f in fields(AuditEvent) if f.name not in ("event", "ts", "id"))
 _optional_values = operator.attrgetter(*_OPTIONAL)
+
+
+def request_event(kind: str, request: Any, status: int, **fields: Any) -> AuditEvent:
+    """An event about an HTTP request answered outside the proxy's pipeline (pages, the admin API): `request` is
+    a Starlette Request (its client, method and path are recorded)."""
+    client = request.client
+    return AuditEvent(
+        event=kind,
+        ts=time.time(),
+        client_ip=client.host if client else "",
+        method=request.method,
+        path=request.url.path,
+        status=status,
+        **fields,
+    )
 
 
 def config_event(kind: str, *, reason: str, path: str) -> AuditEvent:

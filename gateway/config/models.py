@@ -117,6 +117,15 @@ class IssuerConfig(Model):
 
 class AdminConfig(Model):
     listen: Listen = "127.0.0.1:9090"
+    # The admin API (/api/: blocks) takes `Authorization: Bearer <token>` checked against this argon2id hash from
+    # `tollbooth hash-secret`; unset, the API is off (metrics and probes stay open either way).
+    token_hash: str | None = None
+    token_label: str = "admin"  # noqa: S105  (a name, not a secret: who a call was, in the audit `by`)
+
+    @field_validator("token_hash")
+    @classmethod
+    def _token_hash(cls, value: str | None) -> str | None:
+        return None if not value else _argon2id(value)
 
 
 class RedisConfig(Model):

@@ -133,6 +133,13 @@ def nest_act(agent: str, prior: dict[str, Any] | None) -> dict[str, Any]:
     return {"sub": agent, "act": prior} if prior is not None else {"sub": agent}
 
 
+def refuse_blocked(revocations: RevocationList, agent: str, subject: str, act: dict[str, Any] | None) -> None:
+    """The kill switch at the token service: nothing is minted for a blocked agent, actor or subject."""
+    blocked = revocations.blocked(agent, subject, delegation_chain(act))
+    if blocked is not None:
+        raise OAuthError("unauthorized_client", blocked, reason="blocked")
+
+
 def grant_revoked(revocations: RevocationList, grant: RefreshGrant) -> bool:
     """Whether a refresh family fell under a revocation since it started: its agent's or subject's cut-off, an agent
     in its chain, or a token it was exchanged from."""
@@ -359,6 +366,7 @@ class TokenService:
         deadline: float | None = None,
         ancestors: tuple[str, ...] = (),
     ) -> tuple[str, dict[str, Any]]:
+        refuse_blocked(self._state.revocations, client.id, subject, act)
         issuer = self.config.issuer
         now = self._clock()
         caps = [issuer.scope_ttl[s] for s in scopes if s in issuer.scope_ttl]

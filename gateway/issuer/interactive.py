@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from gateway.audit.events import AuditEvent
+from gateway.audit.events import AuditEvent, request_event
 from gateway.config import Config, InteractiveConfig, RateLimit
 from gateway.issuer.authorization import (
     AuthorizationRequest,
@@ -41,7 +41,7 @@ from gateway.issuer.client_documents import ClientDocument, ClientDocumentError,
 from gateway.issuer.clients import SecretChecker, basic_credentials, invalid_client
 from gateway.issuer.codes import AuthorizationCodes, CodeReplayed
 from gateway.issuer.federation import FederationError, OpenIdProvider, authorization_url, person_of
-from gateway.issuer.grants import Issued, grant_revoked, nest_act
+from gateway.issuer.grants import Issued, grant_revoked, nest_act, refuse_blocked
 from gateway.issuer.oauth import Form, OAuthError, parse_form
 from gateway.issuer.pages import error_page, form_target, page
 from gateway.issuer.registration import (
@@ -165,17 +165,7 @@ class Interactive:
         return urlsplit(self.config.issuer.url).path.rstrip("/") + path
 
     def _audit(self, request: Request, kind: str, status: int, **fields: Any) -> None:
-        self.emit(
-            AuditEvent(
-                event=kind,
-                ts=time.time(),
-                client_ip=request.client.host if request.client else "",
-                method=request.method,
-                path=request.url.path,
-                status=status,
-                **fields,
-            )
-        )
+        self.emit(request_event(kind, request, status, **fields))
 
     async def _client(self, client_id: str | None) -> ClientDocument | None:
         """The client's registered metadata: its document (an https client_id), or its RFC 7591 registration."""
@@ -617,6 +607,7 @@ class Interactive:
         return Issued(token, claims, refresh_token=new_token, exchanged=False, event="token.refreshed")
 
     def _mint(self, subject: str, client_id: str, scopes: tuple[str, ...], audience: str) -> tuple[str, dict[str, Any]]:
+        refuse_blocked(self.state.revocations, client_id, subject, None)
         return mint_access_token(
             self.signing_key(),
             issuer=self.config.issuer.url,

@@ -8,6 +8,7 @@ configs within one request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -17,6 +18,7 @@ import orjson
 
 from gateway.audit.sinks import AuditSink
 from gateway.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS, child
+from gateway.principal import Principal
 from gateway.proxy.admit import Admission
 from gateway.proxy.answers import Refusal, error_response, metadata_resource_for, protected_resource_metadata
 from gateway.proxy.authorize import authorize, permitted
@@ -28,6 +30,7 @@ from gateway.proxy.relay import relay
 from gateway.proxy.snapshot import Snapshot
 from gateway.proxy.stamp import upstream_request_headers
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
+from gateway.state.revocations import RevocationList
 from gateway.wire import PROTECTED_RESOURCE_PATH
 
 Scope = MutableMapping[str, Any]
@@ -47,9 +50,15 @@ class ProxyApp:
         audit: AuditSink,
         state_problem: Callable[[], str | None] = lambda: None,
         limiter: RateLimiter | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._live = live
         self._audit = audit
+        # The crossings now relaying, by task: a block ends those of the blocked party (open streams included).
+        self._open: dict[asyncio.Task[Any], Principal] = {}
+        self._ended: set[asyncio.Task[Any]] = set()
+        if revocations is not None:
+            revocations.on_block.append(self._end_crossings)
         limiter = limiter if limiter is not None else LocalRateLimiter()
         self._admission = Admission(limiter, lambda: audit.healthy, state_problem)
 
@@ -65,10 +74,30 @@ class ProxyApp:
             await self._cross(snap, head, crossing, receive, send)
         except Refusal as refusal:
             await self._refuse(snap, crossing, refusal, send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task not in self._ended:
+                raise
+            # Ended by a block: refused if nothing was answered yet, else the stream is cut (the server closes it).
+            self._ended.discard(task)
+            task.uncancel()
+            blocked = Refusal(403, "access_denied", "the caller was blocked while this request ran", reason="blocked")
+            await self._refuse(snap, crossing, blocked, send)
         finally:
+            self._open.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             snap.exit()
             self._finish(crossing)
             IN_FLIGHT.dec()
+
+    def _end_crossings(self, kind: str, party: str) -> None:
+        """A block came into force: end every crossing of that agent (also as an actor) or subject now."""
+        for task, principal in list(self._open.items()):
+            named = (
+                principal.subject == party if kind == "subject" else party in (principal.agent, *principal.delegation)
+            )
+            if named and task not in self._ended:
+                self._ended.add(task)
+                task.cancel()
 
     async def _cross(self, snap: Snapshot, head: RequestHead, crossing: Crossing, receive: Receive, send: Send) -> None:
         """One crossing, step by step; any step may raise Refusal."""
@@ -80,6 +109,9 @@ class ProxyApp:
         principal = await identify(head, snap.verifier, max_token_bytes=snap.config.proxy.max_token_bytes)
         if principal is not None:
             record_principal(event, principal)
+            task = asyncio.current_task()
+            if task is not None:
+                self._open[task] = principal
         decision = authorize(snap.routes, head.method, path, principal)
         if decision.route is not None:
             event.route = decision.route.name

@@ -126,6 +126,12 @@ class Verifier:
         if self._revocations.is_revoked(principal):  # every call: a revocation must not wait for the cache
             _REJECTED.inc()
             raise _invalid_token("revoked", "The access token has been revoked")
+        blocked = self._revocations.blocked(principal.agent, principal.subject, principal.delegation)
+        if blocked is not None:
+            # 403, not 401: the token is fine and a new one would be refused too, so a client must not loop
+            # re-authenticating (the kill switch, `tollbooth block`).
+            _REJECTED.inc()
+            raise Refusal(403, "access_denied", quotable(blocked), reason="blocked")
         if outcome is _VERIFIED:
             self._remember(token, principal, now)
         outcome.inc()

@@ -62,6 +62,11 @@ class SharedState(Protocol):
         """Revoke everything issued to `agent` (client_id) before `before`: tokens and refresh families."""
         ...
 
+    async def set_block(self, record: dict[str, object]) -> None:
+        """Put a block record (gateway.state.revocations) in force here at once and everywhere within a second;
+        it persists (Redis, or the revocations file) until a later record for the same party replaces it."""
+        ...
+
     async def revoke_subject_before(self, subject: str, before: float) -> None:
         """Revoke everything issued for `subject` (sub) before `before`: tokens and refresh families."""
         ...

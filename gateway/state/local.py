@@ -81,6 +81,9 @@ class LocalState:
     async def revoke_subject_before(self, subject: str, before: float) -> None:
         await self._revoke([{"subject": subject, "before": before}])
 
+    async def set_block(self, record: dict[str, object]) -> None:
+        await self._revoke([record])
+
     async def use_assertion_jti(self, client_id: str, jti: str, expires_at: float) -> bool:
         return self._assertions.first_use((client_id, jti), expires_at)
 

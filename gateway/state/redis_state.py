@@ -5,6 +5,7 @@ Keys (prefix "tollbooth:" by default, "{tollbooth}:" on Redis Cluster; every key
     revoked:jtis            sorted set  jti -> its token's exp; pruned past exp + retention, TTL the latest of those
     revoked:agents          hash        client_id -> "revoke what was issued before" (Unix time); tiny, no TTL
     revoked:subjects        hash        sub -> the same
+    blocks                  hash        "agent:<id>" / "subject:<id>" -> its latest block record (JSON); tiny, no TTL
     refresh:<sha256 hex>    hash        family, spent ("0"/"1"); TTL the family's expires_at + retention
     family:<family>         hash        grant (JSON), agent, subject, issued_at, expires_at, revoked ("1" once ended)
     family:<family>:tokens  sorted set  jti -> exp of the access tokens minted from the family
@@ -152,6 +153,17 @@ record[ARGV[5]] = ARGV[6]
 return publish({record})
 """
 
+# ARGV[5] "agent" or "subject", ARGV[6] its id, ARGV[7] the record's since, ARGV[8] the record (JSON). The latest
+# `since` wins, as in RevocationList.set_block.
+_BLOCK = """
+local key = prefix .. 'blocks'
+local field = ARGV[5] .. ':' .. ARGV[6]
+local current = redis.call('HGET', key, field)
+if current and tonumber(cjson.decode(current).since) >= tonumber(ARGV[7]) then return publish({}) end
+redis.call('HSET', key, field, ARGV[8])
+return publish({cjson.decode(ARGV[8])})
+"""
+
 # KEYS[1] the first refresh token; ARGV[5..10] family, grant JSON, agent, subject, issued_at, expires_at.
 # HSET leaves an existing `revoked` field alone: a revoked family cannot be revived by storing into it again.
 _STORE_REFRESH = """
@@ -232,6 +244,7 @@ class RedisState:
         self._rotate_refresh = script(_PRELUDE + _ROTATE_REFRESH)
         self._record_family_token = script(_PRELUDE + _RECORD_MINTED)
         self._revoke_family = script(_PRELUDE + _REVOKE_FAMILY)
+        self._block = script(_PRELUDE + _BLOCK)
         self._health = Health("redis", "redis", clock=clock)
         self._first_attempt = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -255,6 +268,11 @@ class RedisState:
 
     async def revoke_jti(self, jti: str, expires_at: float) -> None:
         self._apply(await self._run(self._revoke_jti, [], jti, expires_at))
+
+    async def set_block(self, record: dict[str, object]) -> None:
+        kind, party, since = str(record["block"]), str(record["id"]), float(str(record["since"]))
+        self.revocations.set_block(record)  # in force here at once, whatever the script answers
+        self._apply(await self._run(self._block, [], kind, party, since, json.dumps(record)))
 
     async def revoke_agent_before(self, agent: str, before: float) -> None:
         self._apply(await self._run(self._cut_off, [], "agent", agent, before))
@@ -379,7 +397,8 @@ class RedisState:
                 pipe.zrangebyscore(self._prefix + "revoked:jtis", horizon, "+inf", withscores=True)
                 pipe.hgetall(self._prefix + "revoked:agents")
                 pipe.hgetall(self._prefix + "revoked:subjects")
-                jtis, agents, subjects = await pipe.execute()
+                pipe.hgetall(self._prefix + "blocks")
+                jtis, agents, subjects, blocks = await pipe.execute()
         except (*REDIS_FAILURES, OSError):
             STATE_RELOADS.labels("redis", "error").inc()
             raise
@@ -389,5 +408,7 @@ class RedisState:
             self.revocations.revoke_agent_before(agent, float(before))
         for subject, before in subjects.items():
             self.revocations.revoke_subject_before(subject, float(before))
+        for text in blocks.values():
+            self._apply(f"[{text}]")
         STATE_RELOADS.labels("redis", "ok").inc()
         self._health.current()

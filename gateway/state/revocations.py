@@ -6,7 +6,11 @@ messages (a JSON array of them):
     {"jti": "<token id>", "exp": <the token's exp>}
     {"agent": "<client_id>", "before": <Unix time>}
     {"subject": "<sub>", "before": <Unix time>}
+    {"block": "agent" | "subject", "id": "<client_id or sub>", "on": true | false, "since": <Unix time>,
+     "reason": "<why>", "by": "<who>"}
 
+A block (the kill switch) is the one thing that can be undone: for each agent or subject the record with the
+latest `since` wins, so applying block records twice or in any order still gives the same view.
 Numbers may arrive as strings (Redis hands sorted-set scores to Lua as strings). Other fields are ignored.
 """
 
@@ -17,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from gateway.metrics import BLOCKS_ACTIVE
 from gateway.principal import Principal
 
 _NEVER = float("-inf")
@@ -39,6 +44,10 @@ class RevocationList:
         self._expiry: list[tuple[float, str]] = []  # min-heap of (expires_at, jti), to forget entries in order
         self._agents: dict[str, float] = {}
         self._subjects: dict[str, float] = {}
+        self._blocks: dict[tuple[str, str], dict[str, Any]] = {}  # (kind, id) -> its latest block record
+        self._blocked: dict[str, dict[str, str]] = {"agent": {}, "subject": {}}  # kind -> id -> reason, while on
+        # Called with (kind, id) when a block comes into force here: the proxy ends that party's open streams.
+        self.on_block: list[Callable[[str, str], None]] = []
 
     def revoke_jti(self, jti: str, expires_at: float) -> None:
         horizon = self._clock() - self._retain
@@ -65,10 +74,45 @@ class RevocationList:
                 self.revoke_agent_before(_text(record["agent"]), float(record["before"]))
             elif "subject" in record:
                 self.revoke_subject_before(_text(record["subject"]), float(record["before"]))
+            elif "block" in record:
+                self.set_block(record)
             else:
-                raise ValueError("neither jti, agent nor subject")
+                raise ValueError("neither jti, agent, subject nor block")
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed revocation record: {exc!r}") from None
+
+    def set_block(self, record: Mapping[str, Any]) -> None:
+        """Apply a block record (module docstring): the latest `since` for its agent or subject wins."""
+        kind, party = _text(record["block"]), _text(record["id"])
+        if kind not in self._blocked:
+            raise ValueError(f"a block names an agent or a subject, not {kind!r}")
+        since = float(record["since"])
+        current = self._blocks.get((kind, party))
+        if current is not None and float(current["since"]) >= since:
+            return
+        on = record.get("on") is True
+        self._blocks[(kind, party)] = {**record, "since": since, "on": on}
+        if on:
+            self._blocked[kind][party] = str(record.get("reason") or "")
+            for listener in self.on_block:
+                listener(kind, party)
+        else:
+            self._blocked[kind].pop(party, None)
+        BLOCKS_ACTIVE.labels(kind).set(len(self._blocked[kind]))
+
+    def blocked(self, agent: str, subject: str, actors: Iterable[str] = ()) -> str | None:
+        """Why a request by `agent` for `subject` (through `actors`) is blocked, or None: the hot path's check."""
+        agents, subjects = self._blocked["agent"], self._blocked["subject"]
+        if not agents and not subjects:
+            return None
+        for party in (agent, *actors):
+            if party in agents:
+                return _why("agent", party, agents[party])
+        return _why("subject", subject, subjects[subject]) if subject in subjects else None
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """The blocks in force, as their records."""
+        return [record for record in self._blocks.values() if record["on"]]
 
     def is_cut_off(self, agent: str, subject: str, issued_at: float) -> bool:
         """Whether something issued at `issued_at` to `agent` for `subject` falls under a "before T" cut-off."""
@@ -98,6 +142,20 @@ class RevocationList:
             expires_at, jti = heapq.heappop(self._expiry)
             if self._jtis.get(jti) == expires_at:  # not re-revoked with a later expiry since
                 del self._jtis[jti]
+
+
+BLOCK_KINDS = ("agent", "subject")
+
+
+def block_record(kind: str, party: str, *, on: bool, reason: str, by: str, since: float) -> dict[str, Any]:
+    """A block (on) or unblock (off) record for `party`, an agent's client_id or a subject."""
+    if kind not in BLOCK_KINDS:
+        raise ValueError(f"a block names an agent or a subject, not {kind!r}")
+    return {"block": kind, "id": party, "on": on, "since": since, "reason": reason, "by": by}
+
+
+def _why(kind: str, party: str, reason: str) -> str:
+    return f"{kind} {party} is blocked" + (f": {reason}" if reason else "")
 
 
 def _text(value: Any) -> str:

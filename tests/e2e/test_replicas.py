@@ -4,13 +4,16 @@ the `--workers` processes of one gateway share one rate-limit budget through Red
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -30,6 +33,7 @@ LIMITED = {
 }
 STREAM = "tollbooth:audit"
 PASSWORD = "correct horse battery staple"
+ADMIN_TOKEN = "admin-token-for-tests"  # noqa: S105
 AGREEMENT = 5.0  # seconds; revocations reach every replica within a second, tested in test_refresh_revoke.py
 
 
@@ -57,6 +61,7 @@ def replicas(
         "trusted_issuers": [idp.trusted_issuer()],
         "login": {"users": {"alice": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]}}},
         "interactive": {"scopes": ["crm.read"]},
+        "admin": {"token_hash": PasswordHasher().hash(ADMIN_TOKEN), "token_label": "ops-alice"},
     }
     routes = [*DEFAULT_ROUTES, LIMITED]
     first = start_gateway(tmp_path_factory.mktemp("replica-a"), upstream.url, routes=routes, extra=shared)
@@ -197,3 +202,66 @@ def test_a_persons_sign_in_moves_between_replicas(replicas: tuple[Gateway, Gatew
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"  # the code was spent on the other
     # ... and its replay revoked what the first redemption issued, on every replica.
     wait_until(lambda: refused_at_proxy(first, token.json()["access_token"]), AGREEMENT, "the replayed code's token")
+
+
+def admin(gw: Gateway, method: str, path: str, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> httpx2.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx2.request(method, f"{gw.admin_url}/api{path}", headers=headers, **kwargs)
+
+
+def audited(server: RedisServer, predicate: Any) -> dict[str, str]:
+    found: dict[str, str] = wait_until(
+        lambda: next((e for e in stream_events(server) if predicate(e)), None), what="the audit event in the stream"
+    )
+    return found
+
+
+def test_the_admin_api_refuses_a_missing_or_wrong_token(
+    replicas: tuple[Gateway, Gateway], redis_server_of_module: RedisServer
+) -> None:
+    first, _ = replicas
+    for token in (None, "wrong", ADMIN_TOKEN + "x"):
+        refused = admin(first, "POST", "/blocks", token, json={"agent": ASSISTANT.client_id})
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_token"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert admin(first, "GET", "/blocks").json() == {"blocks": []}  # nothing was blocked by the refusals
+    audited(redis_server_of_module, lambda e: e["event"] == "admin.denied" and e.get("reason") == "bad_admin_token")
+
+
+def test_a_block_stops_an_agent_on_every_replica_within_a_second(
+    replicas: tuple[Gateway, Gateway], upstream: Upstream, redis_server_of_module: RedisServer
+) -> None:
+    first, second = replicas
+    token = ASSISTANT.access_token(first)
+    assert proxy_get(second, "/v1/customers/1", token).status_code == 200
+    upstream.release.clear()
+    with httpx2.stream("GET", f"{second.proxy_url}/sse", headers={"Authorization": f"Bearer {token}"}) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "data: one"
+        blocked = admin(first, "POST", "/blocks", json={"agent": ASSISTANT.client_id, "reason": "runaway loop"})
+        assert blocked.status_code == 201, blocked.text
+        started = time.monotonic()
+        rest: list[str] = []
+        with contextlib.suppress(httpx2.HTTPError):
+            rest.extend(lines)  # ends when the replica closes the stream
+        assert time.monotonic() - started < 1.5 and "data: two" not in rest
+    try:
+        for replica in (first, second):
+            refused = proxy_get(replica, "/v1/customers/1", token)
+            assert refused.status_code == 403 and refused.json()["error"] == "access_denied"
+            assert "runaway loop" in refused.json()["error_description"]
+            # The token service issues it nothing either.
+            assert_oauth_error(ASSISTANT.token(replica), "unauthorized_client")
+        listed = admin(second, "GET", "/blocks").json()["blocks"]
+        assert [(b["block"], b["id"], b["by"]) for b in listed] == [("agent", ASSISTANT.client_id, "ops-alice")]
+        event = audited(redis_server_of_module, lambda e: e["event"] == "agent.blocked")
+        assert event["agent"] == ASSISTANT.client_id and event["by"] == "ops-alice"
+        assert 'tollbooth_blocks_active{kind="agent"} 1.0' in second.metrics()
+    finally:
+        upstream.release.set()
+        assert admin(second, "DELETE", f"/blocks/agent/{ASSISTANT.client_id}").status_code == 200
+    wait_until(
+        lambda: all(proxy_get(r, "/v1/customers/1", token).status_code == 200 for r in (first, second)),
+        AGREEMENT,
+        "the unblock on every replica",
+    )

@@ -9,6 +9,7 @@ import pytest
 from gateway.principal import Principal
 from gateway.state import RefreshGrant, RevocationList, refresh_token_hash
 from gateway.state.refresh_families import check_token_hash
+from gateway.state.revocations import block_record
 
 NOW = 1_750_000_000.0
 
@@ -98,3 +99,28 @@ def test_refresh_tokens_are_stored_by_hash_only() -> None:
     assert check_token_hash(digest) == digest and len(digest) == 64
     with pytest.raises(ValueError, match="refresh_token_hash"):
         check_token_hash("opaque-token")
+
+
+def test_blocks_apply_in_any_order_to_the_same_view():
+    records = [
+        block_record("agent", "bot", on=True, reason="loop", by="cli", since=10.0),
+        block_record("agent", "bot", on=False, reason="", by="cli", since=20.0),
+        block_record("subject", "alice", on=True, reason="left", by="ops", since=15.0),
+    ]
+    for order in (records, list(reversed(records)), [records[1], records[0], records[2], records[0]]):
+        view = RevocationList()
+        for record in order:
+            view.apply(record)
+        assert view.blocked("bot", "carol") is None
+        assert view.blocked("other", "alice") == "subject alice is blocked: left"
+        assert view.blocked("other", "carol", ("bot",)) is None
+
+
+def test_a_block_covers_the_agent_as_an_actor_and_calls_its_listeners():
+    view = RevocationList()
+    seen: list[tuple[str, str]] = []
+    view.on_block.append(lambda kind, party: seen.append((kind, party)))
+    view.apply(block_record("agent", "bot", on=True, reason="", by="cli", since=1.0))
+    assert view.blocked("assistant", "alice", ("bot",)) == "agent bot is blocked" and seen == [("agent", "bot")]
+    with pytest.raises(ValueError):
+        view.apply({"block": "team", "id": "x", "on": True, "since": 1})
