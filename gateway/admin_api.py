@@ -29,6 +29,7 @@ from gateway.audit.events import request_event
 from gateway.audit.sinks import AuditSink
 from gateway.config import Config
 from gateway.state import SharedState, StateUnavailable
+from gateway.state.approvals import Approvals
 from gateway.state.revocations import BLOCK_KINDS, block_record
 
 MAX_BODY = 4096
@@ -37,15 +38,21 @@ MAX_ID = 256
 
 
 class AdminApi:
-    def __init__(self, config: Callable[[], Config], state: SharedState, audit: AuditSink) -> None:
+    def __init__(
+        self, config: Callable[[], Config], state: SharedState, audit: AuditSink, approvals: Approvals
+    ) -> None:
         self._config = config
         self._state = state
         self._audit = audit
+        self._approvals = approvals
         self._checks = asyncio.Semaphore(2)  # argon2 costs tens of ms of CPU a check: a flood waits, bounded
         self._known: tuple[str, bytes] | None = None  # (hash, SHA-256 of the token it verified)
         self.routes = [
             Route("/api/blocks", self.blocks, methods=["GET", "POST"]),
             Route("/api/blocks/{kind}/{party:path}", self.unblock, methods=["DELETE"]),
+            Route("/api/approvals", self.approvals, methods=["GET"]),
+            Route("/api/approvals/{id}", self.approval, methods=["GET"]),
+            Route("/api/approvals/{id}/{decision}", self.decide, methods=["POST"]),
         ]
 
     async def _caller(self, request: Request) -> str | Response:
@@ -98,6 +105,58 @@ class AdminApi:
         if kind not in BLOCK_KINDS or not _identifier(party):
             return _error(404, "not_found", "DELETE /api/blocks/agent/{id} or /api/blocks/subject/{id}")
         return await self._set(request, kind, party, on=False, reason="", by=caller)
+
+    async def approvals(self, request: Request) -> Response:
+        caller = await self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        try:
+            pending = await self._approvals.pending()
+        except StateUnavailable as exc:
+            return _error(503, "temporarily_unavailable", str(exc))
+        return JSONResponse({"approvals": [approval.to_json() for approval in pending]})
+
+    async def approval(self, request: Request) -> Response:
+        caller = await self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        found = await self._approvals.get(request.path_params["id"])
+        if found is None:
+            return _error(404, "not_found", "no such approval (or it expired)")
+        return JSONResponse(found.to_json())
+
+    async def decide(self, request: Request) -> Response:
+        caller = await self._caller(request)
+        if isinstance(caller, Response):
+            return caller
+        decision = request.path_params["decision"]
+        if decision not in ("approve", "deny"):
+            return _error(404, "not_found", "POST /api/approvals/{id}/approve or /deny")
+        body = await _json_body(request) if request.headers.get("content-length") not in (None, "0") else {}
+        reason = body.get("reason", "") if isinstance(body, dict) else None
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            return _error(400, "invalid_request", 'send {"reason": TEXT} or nothing')
+        try:
+            decided = await self._approvals.decide(
+                request.path_params["id"], approve=decision == "approve", by=caller, reason=reason
+            )
+        except StateUnavailable as exc:
+            return _error(503, "temporarily_unavailable", str(exc))
+        if decided is None:
+            return _error(409, "not_pending", "no pending approval by that id: unknown, expired or decided already")
+        call = decided.call
+        self._emit(
+            request,
+            "approval.granted" if decision == "approve" else "approval.denied",
+            200,
+            by=caller,
+            reason=reason,
+            approval=decided.id,
+            agent=call.agent,
+            subject=call.subject,
+            route=call.route,
+        )
+        return JSONResponse(decided.to_json())
 
     async def _set(self, request: Request, kind: str, party: str, *, on: bool, reason: str, by: str) -> Response:
         record = block_record(kind, party, on=on, reason=reason, by=by, since=time.time())

@@ -547,6 +547,41 @@ def _print_blocks(records: list[dict[str, object]]) -> None:
         print(f"{record['block']:8} {record['id']}  since {when} by {who}: {why}")
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    """`tollbooth approvals list|show ID|approve ID|deny ID`, through a gateway's admin API."""
+    import httpx2
+
+    token = os.environ.get("TOLLBOOTH_ADMIN_TOKEN", "")
+    if not token:
+        _fail("set TOLLBOOTH_ADMIN_TOKEN to the admin token (admin.token_hash holds its hash)")
+    if args.action != "list" and not args.id:
+        _fail(f"approvals {args.action} needs the approval id (tollbooth approvals list shows them)")
+    base = args.admin.rstrip("/") + "/api/approvals"
+    headers = {"authorization": f"Bearer {token}"}
+    try:
+        if args.action == "list":
+            answer = httpx2.get(base, headers=headers)
+        elif args.action == "show":
+            answer = httpx2.get(f"{base}/{args.id}", headers=headers)
+        else:
+            answer = httpx2.post(f"{base}/{args.id}/{args.action}", headers=headers, json={"reason": args.reason or ""})
+    except httpx2.HTTPError as exc:
+        _fail(f"the admin API at {args.admin} cannot be reached: {exc}")
+    if answer.status_code >= 400:
+        _fail(f"the admin API refused ({answer.status_code}): {answer.text}")
+    if args.action != "list":
+        print(json.dumps(answer.json(), indent=2))
+        return 0
+    pending = answer.json()["approvals"]
+    if not pending:
+        print("no approvals pending")
+    for approval in pending:
+        call = approval["call"]
+        who = f"{call['agent']} for {call['subject']}"
+        print(f"{approval['id']}  {who}: {call['method']} {call['path']} ({call['route']} {call['rule']})")
+    return 0
+
+
 def cmd_unblock(args: argparse.Namespace) -> int:
     return cmd_block(args)
 
@@ -862,6 +897,21 @@ upstream, required_scopes, principal, notes}; `error` is what the agent would se
         if name == "block":
             sub.add_argument("--reason", help="why, shown to the blocked caller and in the audit log")
         sub.set_defaults(func=func, reason=None)
+
+    approvals = verbs.add_parser(
+        "approvals",
+        help="list, show, approve or deny the calls held for a person's approval",
+        description="The calls held by `approval: required` routes and MCP tool rules, through a gateway's admin "
+        "API (--admin URL, token in TOLLBOOTH_ADMIN_TOKEN). An approval is for exactly one call; approving lets "
+        "it (or its identical retry) through once.",
+    )
+    approvals.add_argument("action", choices=["list", "show", "approve", "deny"])
+    approvals.add_argument("id", nargs="?", help="the approval id (show, approve, deny)")
+    approvals.add_argument(
+        "--admin", required=True, metavar="URL", help="the admin listener, e.g. http://127.0.0.1:9090"
+    )
+    approvals.add_argument("--reason", help="why (approve, deny): shown to the agent on a denial, and audited")
+    approvals.set_defaults(func=cmd_approvals)
 
     schema = verbs.add_parser(
         "schema",

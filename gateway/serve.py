@@ -30,11 +30,13 @@ from gateway.config import LoadedConfig, ProxyConfig
 from gateway.issuer.app import IssuerApp
 from gateway.issuer.keystore import KeyStore, KeyStoreError
 from gateway.proxy.app import ProxyApp
+from gateway.proxy.hold import Holds
 from gateway.proxy.protocol import OnRefuse, guarded_protocol
 from gateway.proxy.snapshot import Leases, Snapshot, build_snapshot, retire_snapshot
 from gateway.redis.connect import REDIS_FAILURES, async_client
 from gateway.reload import ConfigWatcher
 from gateway.state import RevocationList, SharedState, open_state
+from gateway.state.approvals import Approvals
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter, open_rate_limiter
 from gateway.tokens.jwk import SigningKey
 from gateway.trust import JwksCaches
@@ -253,12 +255,17 @@ async def run_gateway(
     gateway.apply(loaded)
     watcher = ConfigWatcher(loaded, gateway.apply, audit, interval=reload_interval)
 
-    proxy_app = ProxyApp(gateway.current, audit, state.problem, gateway.limiter, revocations=state.revocations)
+    holds = Holds(Approvals(state.ephemeral), audit.emit)
+    gateway._closers.append(holds.aclose)
+    state.revocations.on_block.append(holds.on_block)
+    proxy_app = ProxyApp(
+        gateway.current, audit, state.problem, gateway.limiter, revocations=state.revocations, holds=holds
+    )
     issuer = IssuerApp(
         lambda: gateway.loaded.config, lambda: gateway.keys, state, audit, limiter=gateway.limiter, jwks=gateway.jwks
     )
     gateway._closers.append(issuer.aclose)
-    api = AdminApi(lambda: gateway.loaded.config, state, audit)
+    api = AdminApi(lambda: gateway.loaded.config, state, audit, holds.approvals)
     apps: dict[str, tuple[object, str]] = {
         "proxy": (proxy_app, config.proxy.listen),
         "issuer": (issuer, config.issuer.listen),

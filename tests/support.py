@@ -97,16 +97,21 @@ class Upstream:
         return self.seen[-1]
 
 
+async def read_asgi_body(receive: Callable[..., Any]) -> bytes:
+    """A test server's whole request body, from its ASGI receive."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 def _upstream_app(up: Upstream) -> Callable[..., Any]:
     async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_asgi_body(receive)
         path: str = scope["path"]
         up.seen.append(
             Seen(

@@ -831,6 +831,9 @@ def test_schema_is_json_schema_for_the_whole_file() -> None:
         "rate_limit",
         "public",
         "mcp",
+        "approval",
+        "approval_wait",
+        "approval_valid_for",
     }
     assert set(route["required"]) == {"name", "path"}
 

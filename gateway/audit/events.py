@@ -111,6 +111,8 @@ class AuditEvent:
     grant: str = ""
     # Operator actions (the admin API, `tollbooth block`): who did it, the admin token's label or "cli".
     by: str = ""
+    # A call held for a person's decision: the approval's id (approval.* events, and the crossing it let through).
+    approval: str = ""
     # A stable id so a replayed batch can skip what was already written (audit issue: idempotent replay).
     id: str = ""
 

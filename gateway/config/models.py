@@ -406,7 +406,21 @@ class McpRule(Model):
         return check_scopes(scopes)
 
 
-class McpToolRule(McpRule):
+class Approvable(Model):
+    """`approval: required` holds a call that passed every other check until a person approves that exact call."""
+
+    approval: Literal["none", "required"] = "none"
+    approval_wait: Duration = 60  # how long the call is held open for a decision
+    approval_valid_for: Duration = 600  # how long a decision stands: an identical retry passes once within it
+
+    @model_validator(mode="after")
+    def _approval_times(self) -> Approvable:
+        if self.approval_wait < 0 or self.approval_valid_for <= 0 or self.approval_wait > self.approval_valid_for:
+            raise ValueError("approval_wait must be between 0 and approval_valid_for, which must be positive")
+        return self
+
+
+class McpToolRule(McpRule, Approvable):
     name: str = Field(description="the tool's name; `*` matches any run of characters")
     arguments: dict[str, Any] | None = Field(
         default=None, description="a JSON Schema (2020-12) the call's `arguments` must satisfy"
@@ -442,7 +456,19 @@ class McpConfig(Model):
     prompts: list[McpPromptRule] = Field(default_factory=list)
 
 
-class RouteConfig(Model):
+class ApprovalsConfig(Model):
+    # POSTed a signed JSON notice of each new approval request (X-Tollbooth-Signature: sha256=<HMAC of the body>).
+    notify_url: str | None = None
+    notify_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _signed(self) -> ApprovalsConfig:
+        if self.notify_url and not self.notify_secret:
+            raise ValueError("notify_secret is required with notify_url: the receiver checks the signature")
+        return self
+
+
+class RouteConfig(Approvable):
     name: str
     path: str
     upstream: str | None = None
@@ -455,10 +481,12 @@ class RouteConfig(Model):
 
     @model_validator(mode="after")
     def _mcp_route(self) -> RouteConfig:
+        if self.public and self.approval == "required":  # (MCP routes are never public, below)
+            raise ValueError("approval: a person approves a caller's call, and a public route has no caller")
         if self.mcp is None:
             return self
         if self.public:
-            # Per-tool scopes mean nothing without a token to read them from.
+            # Per-tool scopes (and approvals of who calls) mean nothing without a token to read them from.
             raise ValueError("mcp: an MCP route needs tokens; it cannot be public")
         if self.methods is not None and "POST" not in self.methods:
             raise ValueError("mcp: MCP clients send every message as a POST; add POST to `methods`")
@@ -540,6 +568,7 @@ class Config(Model):
     trusted_issuers: list[TrustedIssuerConfig] = Field(default_factory=list)
     tls: TlsConfig = Field(default_factory=TlsConfig)
     login: LoginConfig = Field(default_factory=LoginConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     # Absent: no authorization endpoint (the token service serves agents only).
     interactive: InteractiveConfig | None = None
     routes_file: str | None = None

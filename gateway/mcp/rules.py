@@ -17,6 +17,7 @@ import jsonschema_rs
 from gateway.config import McpConfig
 from gateway.mcp.message import NAMED_METHODS, McpMessage
 from gateway.principal import Principal
+from gateway.state.approvals import HoldPolicy, hold_policy
 
 Kind = Literal["tools", "resources", "prompts"]
 # JSON-RPC error code of every gateway denial (-32001 is the SDK's own timeout code, so not that).
@@ -37,6 +38,7 @@ class Rule:
     scopes: tuple[str, ...]
     delegation: str
     arguments: Any  # a compiled jsonschema_rs validator, or None
+    approval: HoldPolicy | None = None  # a tool rule's `approval: required`
 
     @property
     def label(self) -> str:
@@ -62,7 +64,10 @@ class McpRules:
                 glob = entry.uri if kind == "resources" else entry.name
                 schema = entry.arguments if kind == "tools" else None
                 validator = jsonschema_rs.validator_for(schema) if schema is not None else None
-                rules.append(Rule(kind, i, glob, glob_pattern(glob), tuple(entry.scopes), entry.delegation, validator))
+                approval = hold_policy(entry) if kind == "tools" else None
+                rules.append(
+                    Rule(kind, i, glob, glob_pattern(glob), tuple(entry.scopes), entry.delegation, validator, approval)
+                )
             return tuple(rules)
 
         return cls(

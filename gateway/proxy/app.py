@@ -16,19 +16,25 @@ from typing import Any
 
 import orjson
 
+from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
+from gateway.mcp.message import McpMessage
+from gateway.mcp.rules import DENIED, Rule
 from gateway.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS, child
 from gateway.principal import Principal
 from gateway.proxy.admit import Admission
 from gateway.proxy.answers import Refusal, error_response, metadata_resource_for, protected_resource_metadata
-from gateway.proxy.authorize import authorize, permitted
+from gateway.proxy.authorize import Route, authorize, permitted
 from gateway.proxy.crossing import Crossing, open_crossing, record_principal
 from gateway.proxy.head import RequestHead, checked_path, read_head
+from gateway.proxy.hold import Holds, body_digest, mcp_call_digest
 from gateway.proxy.identify import identify
-from gateway.proxy.inspect import inspect_mcp
+from gateway.proxy.inspect import inspect_mcp, read_body
 from gateway.proxy.relay import relay
 from gateway.proxy.snapshot import Snapshot
 from gateway.proxy.stamp import upstream_request_headers
+from gateway.state.approvals import Approvals, Call
+from gateway.state.ephemeral import MemoryEphemeral
 from gateway.state.ratelimit import LocalRateLimiter, RateLimiter
 from gateway.state.revocations import RevocationList
 from gateway.wire import PROTECTED_RESOURCE_PATH
@@ -51,7 +57,10 @@ class ProxyApp:
         state_problem: Callable[[], str | None] = lambda: None,
         limiter: RateLimiter | None = None,
         revocations: RevocationList | None = None,
+        holds: Holds | None = None,
     ) -> None:
+        # Approval holds, in the shared records (serve.py passes Redis's when configured): this process's otherwise.
+        self._holds = holds if holds is not None else Holds(Approvals(MemoryEphemeral()), audit.emit)
         self._live = live
         self._audit = audit
         # The crossings now relaying, by task: a block ends those of the blocked party (open streams included).
@@ -119,12 +128,16 @@ class ProxyApp:
             event.required_scopes = " ".join(decision.route.scopes)
         route = permitted(decision)
         await self._admission.admit(snap, head, route, principal)
-        read, lists = None, None
+        read, lists, message, rule = None, None, None, None
         if route.mcp is not None:
             assert principal is not None  # an MCP route is never public (RouteConfig refuses it)
-            read, lists = await inspect_mcp(
+            read, lists, message, rule = await inspect_mcp(
                 head, route, principal, receive, event, max_body_bytes=snap.config.proxy.max_body_bytes
             )
+        if route.approval is not None or (rule is not None and rule.approval is not None):
+            if route.mcp is None and head.has_body:
+                read = await read_body(head, receive, snap.config.proxy.max_body_bytes)
+            await self._hold(snap, head, path, route, principal, read, message, rule, event)
         upstream = snap.upstreams[route.upstream]
         headers = upstream_request_headers(
             head.headers,
@@ -158,6 +171,41 @@ class ProxyApp:
             read=read,
             lists=lists,
         )
+
+    async def _hold(
+        self,
+        snap: Snapshot,
+        head: RequestHead,
+        path: str,
+        route: Route,
+        principal: Principal | None,
+        read: bytes | None,
+        message: McpMessage | None,
+        rule: Rule | None,
+        event: AuditEvent,
+    ) -> None:
+        """Hold the call for a person's approval of exactly it (hold.py); Refusal unless approved."""
+        held_by_rule = rule is not None and rule.approval is not None
+        policy = rule.approval if rule is not None and rule.approval is not None else route.approval
+        assert policy is not None and principal is not None  # `approval` needs a token (RouteConfig refuses public)
+        if message is not None:
+            digest = mcp_call_digest(message.name or "", message.arguments)
+        else:
+            digest = body_digest(read or b"")
+        call = Call(
+            principal.agent,
+            principal.subject,
+            principal.delegation,
+            head.method,
+            path,
+            digest,
+            route.name,
+            rule.label if rule is not None and held_by_rule else "",
+            snap.policy_version,
+        )
+        rpc = (DENIED, message.id) if message is not None else None
+        approval = await self._holds.hold(call, policy, snap.config.approvals, rpc)
+        event.approval, event.by = approval.id, approval.decided_by
 
     async def _metadata(self, snap: Snapshot, path: str, send: Send, crossing: Crossing) -> None:
         """RFC 9728 protected resource metadata, root and path-inserted forms (§3.1)."""

@@ -21,6 +21,7 @@ from gateway.config import HTTP_METHODS, Config, RateLimit, RouteConfig
 from gateway.mcp.rules import McpRules
 from gateway.principal import Principal
 from gateway.proxy.answers import Refusal
+from gateway.state.approvals import HoldPolicy, hold_policy
 
 # The methods a route may list (RouteConfig accepts these); a route without `methods` gets all of them.
 # TRACE and CONNECT are never proxied: TRACE reflects headers (cross-site tracing), CONNECT opens tunnels.
@@ -135,6 +136,7 @@ class Route:
     rate_limit: RateLimit | None
     pattern: str
     mcp: McpRules | None = None  # an MCP route's compiled `mcp:` rules
+    approval: HoldPolicy | None = None  # `approval: required`: held for a person's decision
 
     @classmethod
     def from_config(cls, route: RouteConfig, config: Config) -> Route:
@@ -148,6 +150,7 @@ class Route:
             rate_limit=route.rate_limit,
             pattern=route.path,
             mcp=McpRules.from_config(route.mcp) if route.mcp is not None else None,
+            approval=hold_policy(route),
         )
 
     @property

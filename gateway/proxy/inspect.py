@@ -12,7 +12,7 @@ from typing import Any
 from gateway.audit.events import AuditEvent
 from gateway.mcp.lists import LIST_METHODS, ListFilter
 from gateway.mcp.message import McpMessage, MessageRefused, check_content_type, check_headers, parse_message
-from gateway.mcp.rules import DENIED, decide
+from gateway.mcp.rules import DENIED, Rule, decide
 from gateway.metrics import MCP_DECISIONS, child
 from gateway.principal import Principal
 from gateway.proxy.admit import body_too_large
@@ -39,7 +39,8 @@ def _mcp_headers(head: RequestHead) -> tuple[bytes | None, list[bytes], list[byt
     return content_type, methods, names
 
 
-async def _read_body(head: RequestHead, receive: Receive, limit: int) -> bytes:
+async def read_body(head: RequestHead, receive: Receive, limit: int) -> bytes:
+    """The whole request body, at most `limit` bytes (413 beyond), for a step that must see all of it first."""
     if head.content_length is not None and int(head.content_length) > limit:
         raise body_too_large(limit)
     chunks: list[bytes] = []
@@ -112,9 +113,10 @@ async def inspect_mcp(
     event: AuditEvent,
     *,
     max_body_bytes: int,
-) -> tuple[bytes | None, ListFilter | None]:
+) -> tuple[bytes | None, ListFilter | None, McpMessage | None, Rule | None]:
     """Decide one MCP request: the body it read and checked (None for a GET or DELETE, whose body the forward step
-    reads as usual), and for a list request the filter its answer goes through."""
+    reads as usual), for a list request the filter its answer goes through, and the message with the rule that
+    decided it (the hold step reads its `approval`)."""
     rules = route.mcp
     assert rules is not None
     if head.method != "POST":
@@ -124,12 +126,12 @@ async def inspect_mcp(
             _count(route.name, None, "none", False, "mcp_unexpected_body")
             raise Refusal(400, "invalid_request", f"an MCP {head.method} carries no body", reason="mcp_unexpected_body")
         # The GET stream may replay stored answers (Last-Event-ID), lists among them: they are filtered too.
-        return None, ListFilter(None, None, rules, principal) if head.method == "GET" else None
+        return None, ListFilter(None, None, rules, principal) if head.method == "GET" else None, None, None
     limit = min(rules.max_message_bytes, max_body_bytes)
     try:
         content_type, mcp_methods, mcp_names = _mcp_headers(head)
         check_content_type(content_type)
-        body = await _read_body(head, receive, limit)
+        body = await read_body(head, receive, limit)
         message = parse_message(body)
         check_headers(message, mcp_methods, mcp_names)
     except MessageRefused as refused:
@@ -150,4 +152,4 @@ async def inspect_mcp(
     lists = None
     if message.kind == "request" and message.method in LIST_METHODS:
         lists = ListFilter(message.method, message.id, rules, principal)
-    return body, lists
+    return body, lists, message, verdict.rule

@@ -8,6 +8,8 @@ carried over, and a retired forwarder is closed only once its last in-flight req
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -111,6 +113,7 @@ class Snapshot:
     allowed_hosts: AllowedHosts
     strip_headers: frozenset[bytes]
     leases: Leases
+    policy_version: str = ""  # a hash of the routes in force: an approval is for the rules it was asked under
     parts: tuple[object, ...] = ()
 
     def __post_init__(self) -> None:
@@ -178,7 +181,13 @@ def build_snapshot(
         allowed_hosts=allowed_hosts(config.proxy.public_url, config.proxy.listen, config.proxy.allowed_hosts),
         strip_headers=frozenset(name.encode("ascii") for name in config.proxy.strip_headers),
         leases=leases,
+        policy_version=policy_version(config),
     )
+
+
+def policy_version(config: Config) -> str:
+    routes = [route.model_dump(mode="json") for route in config.routes]
+    return hashlib.sha256(json.dumps(routes, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def retire_snapshot(old: Snapshot, new: Snapshot) -> None:

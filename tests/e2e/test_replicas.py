@@ -5,22 +5,39 @@ the `--workers` processes of one gateway share one rate-limit budget through Red
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 import redis
+import uvicorn
 from argon2 import PasswordHasher
 from people_support import ClientHost, field, pkce
-from support import DEFAULT_ROUTES, Gateway, RedisServer, Upstream, free_port, start_gateway, wait_answering, wait_until
+from support import (
+    DEFAULT_ROUTES,
+    Gateway,
+    RedisServer,
+    Upstream,
+    free_port,
+    read_asgi_body,
+    serve_in_thread,
+    start_gateway,
+    wait_answering,
+    wait_until,
+)
 from token_support import SecretAgent, TestIdP, assert_oauth_error, exchanged, proxy_get, refused_at_proxy, user_token
 
 ASSISTANT = SecretAgent("assistant", "assistant-s3cret")
@@ -32,6 +49,24 @@ LIMITED = {
     "rate_limit": "4/minute",
 }
 STREAM = "tollbooth:audit"
+NOTIFY_SECRET = "webhook-secret"  # noqa: S105
+REFUNDS = {
+    "name": "refunds",
+    "methods": ["POST"],
+    "path": "/v1/refunds",
+    "scopes": ["crm.read"],
+    "approval": "required",
+    "approval_wait": "2s",
+    "approval_valid_for": "60s",
+}
+
+
+@dataclass
+class Notices:
+    url: str
+    seen: list[tuple[dict[str, Any], bool]]  # (the notice, whether its signature checked out)
+
+
 PASSWORD = "correct horse battery staple"
 ADMIN_TOKEN = "admin-token-for-tests"  # noqa: S105
 AGREEMENT = 5.0  # seconds; revocations reach every replica within a second, tested in test_refresh_revoke.py
@@ -50,8 +85,35 @@ def redis_server_of_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 @pytest.fixture(scope="module")
+def notices() -> Iterator[Notices]:
+    """The approvals webhook's receiver: records each notice and whether its signature checked out."""
+    received = Notices(f"http://127.0.0.1:{free_port()}/approvals", [])
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_asgi_body(receive)
+        signature = dict(scope["headers"]).get(b"x-tollbooth-signature", b"").decode()
+        expected = "sha256=" + hmac.new(NOTIFY_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        received.seen.append((json.loads(body), hmac.compare_digest(signature, expected)))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = int(received.url.rsplit(":", 1)[1].split("/")[0])
+    stop = serve_in_thread(
+        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")), "notices"
+    )
+    yield received
+    stop()
+
+
+@pytest.fixture(scope="module")
 def replicas(
-    idp: TestIdP, upstream: Upstream, redis_server_of_module: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    idp: TestIdP,
+    upstream: Upstream,
+    redis_server_of_module: RedisServer,
+    notices: Notices,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Gateway, Gateway]]:
     """Two replicas of one deployment: the same config (issuer name, public URL, keys, agents, routes) and Redis;
     each its own process and listeners, as pods behind one Service."""
@@ -62,8 +124,9 @@ def replicas(
         "login": {"users": {"alice": {"password_hash": PasswordHasher().hash(PASSWORD), "scopes": ["crm.read"]}}},
         "interactive": {"scopes": ["crm.read"]},
         "admin": {"token_hash": PasswordHasher().hash(ADMIN_TOKEN), "token_label": "ops-alice"},
+        "approvals": {"notify_url": notices.url, "notify_secret": NOTIFY_SECRET},
     }
-    routes = [*DEFAULT_ROUTES, LIMITED]
+    routes = [*DEFAULT_ROUTES, LIMITED, REFUNDS]
     first = start_gateway(tmp_path_factory.mktemp("replica-a"), upstream.url, routes=routes, extra=shared)
     try:
         deployment = {
@@ -265,3 +328,99 @@ def test_a_block_stops_an_agent_on_every_replica_within_a_second(
         AGREEMENT,
         "the unblock on every replica",
     )
+
+
+def refund(gw: Gateway, token: str, body: dict[str, Any]) -> httpx2.Response:
+    headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
+    return httpx2.post(f"{gw.proxy_url}/v1/refunds", content=json.dumps(body).encode(), headers=headers, timeout=30)
+
+
+def pending_for(gw: Gateway, amount: int) -> dict[str, Any]:
+    """The pending approval for a refund of `amount`, as the admin API lists it."""
+    digest = hashlib.sha256(json.dumps({"amount": amount}).encode()).hexdigest()
+
+    def find() -> dict[str, Any] | None:
+        listed = admin(gw, "GET", "/approvals").json()["approvals"]
+        return next((a for a in listed if a["call"]["body_sha256"] == digest), None)
+
+    found: dict[str, Any] = wait_until(find, what=f"the pending approval of the {amount} refund")
+    return found
+
+
+def held(gw: Gateway, token: str, body: dict[str, Any]) -> tuple[threading.Thread, list[httpx2.Response]]:
+    answers: list[httpx2.Response] = []
+    thread = threading.Thread(target=lambda: answers.append(refund(gw, token, body)))
+    thread.start()
+    return thread, answers
+
+
+def test_a_held_call_on_one_replica_is_approved_through_the_other(
+    replicas: tuple[Gateway, Gateway], upstream: Upstream, notices: Notices, redis_server_of_module: RedisServer
+) -> None:
+    first, second = replicas
+    token = ASSISTANT.access_token(first)
+    thread, answers = held(second, token, {"amount": 100})
+    approval = pending_for(first, 100)
+    assert approval["call"]["agent"] == ASSISTANT.client_id and approval["call"]["route"] == "refunds"
+    decided = admin(first, "POST", f"/approvals/{approval['id']}/approve", json={"reason": "ticket 42"})
+    assert decided.status_code == 200 and decided.json()["status"] == "approved"
+    thread.join(10)
+    assert answers and answers[0].status_code == 200, answers[0].text if answers else "no answer"
+    assert upstream.last().raw_path == b"/v1/refunds" and upstream.last().body == json.dumps({"amount": 100}).encode()
+    crossing = audited(redis_server_of_module, lambda e: e["event"] == "access" and e.get("approval") == approval["id"])
+    assert crossing["by"] == "ops-alice"
+    audited(redis_server_of_module, lambda e: e["event"] == "approval.granted" and e.get("approval") == approval["id"])
+    notice = wait_until(lambda: next((n for n in notices.seen if n[0]["id"] == approval["id"]), None), what="notice")
+    assert notice[1] and notice[0]["call"]["path"] == "/v1/refunds"  # signed with the shared secret
+
+
+def test_a_denied_call_is_refused_with_the_reason(replicas: tuple[Gateway, Gateway]) -> None:
+    first, second = replicas
+    token = ASSISTANT.access_token(first)
+    thread, answers = held(first, token, {"amount": 200})
+    approval = pending_for(second, 200)
+    assert admin(second, "POST", f"/approvals/{approval['id']}/deny", json={"reason": "too much"}).status_code == 200
+    thread.join(10)
+    assert answers[0].status_code == 403
+    assert answers[0].json()["error"] == "approval_denied" and "too much" in answers[0].json()["error_description"]
+
+
+def test_a_call_approved_late_passes_once_on_its_identical_retry(
+    replicas: tuple[Gateway, Gateway], upstream: Upstream
+) -> None:
+    first, second = replicas
+    token = ASSISTANT.access_token(first)
+    waited = refund(first, token, {"amount": 300})  # nobody decides within approval_wait (2 s)
+    assert waited.status_code == 403 and waited.json()["error"] == "approval_pending"
+    approval_id = waited.headers["x-tollbooth-approval"]
+    assert int(waited.headers["retry-after"]) > 0
+    assert admin(second, "POST", f"/approvals/{approval_id}/approve").status_code == 200
+    # A changed body is another call: it needs an approval of its own.
+    changed = refund(second, token, {"amount": 3000})
+    assert changed.status_code == 403 and changed.headers["x-tollbooth-approval"] != approval_id
+    retried = refund(second, token, {"amount": 300})
+    assert retried.status_code == 200 and upstream.last().body == json.dumps({"amount": 300}).encode()
+    again = refund(first, token, {"amount": 300})  # the approval let one call through, not two
+    assert again.status_code == 403 and again.headers["x-tollbooth-approval"] != approval_id
+    # Deciding an approval twice is refused.
+    assert admin(first, "POST", f"/approvals/{approval_id}/deny").status_code == 409
+
+
+def test_a_block_ends_a_held_call_and_denies_its_approval(
+    replicas: tuple[Gateway, Gateway], redis_server_of_module: RedisServer
+) -> None:
+    first, second = replicas
+    token = ASSISTANT.access_token(first)
+    thread, answers = held(second, token, {"amount": 400})
+    approval = pending_for(first, 400)
+    assert admin(first, "POST", "/blocks", json={"agent": ASSISTANT.client_id, "reason": "stop"}).status_code == 201
+    try:
+        thread.join(5)
+        assert answers and answers[0].status_code == 403 and answers[0].json()["error"] == "access_denied"
+        wait_until(
+            lambda: admin(first, "GET", f"/approvals/{approval['id']}").json()["status"] == "denied",
+            what="the blocked agent's pending approval denied",
+        )
+    finally:
+        assert admin(first, "DELETE", f"/blocks/agent/{ASSISTANT.client_id}").status_code == 200
+    wait_until(lambda: proxy_get(second, "/v1/customers/1", token).status_code == 200, AGREEMENT, "the unblock")
