@@ -87,6 +87,7 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         if request.method == "GET":
+            self._emit(request, "admin.read", 200, by=caller)
             return JSONResponse({"blocks": self._state.revocations.blocks()})
         body = await _json_body(request)
         kinds = [kind for kind in BLOCK_KINDS if isinstance(body, dict) and kind in body]
@@ -114,6 +115,7 @@ class AdminApi:
             pending = await self._approvals.pending()
         except StateUnavailable as exc:
             return _error(503, "temporarily_unavailable", str(exc))
+        self._emit(request, "admin.read", 200, by=caller)
         return JSONResponse({"approvals": [approval.to_json() for approval in pending]})
 
     async def approval(self, request: Request) -> Response:
@@ -121,6 +123,7 @@ class AdminApi:
         if isinstance(caller, Response):
             return caller
         found = await self._approvals.get(request.path_params["id"])
+        self._emit(request, "admin.read", 200 if found else 404, by=caller, approval=request.path_params["id"][:64])
         if found is None:
             return _error(404, "not_found", "no such approval (or it expired)")
         return JSONResponse(found.to_json())
