@@ -70,6 +70,7 @@ class ProxyApp:
             revocations.on_block.append(self._end_crossings)
         limiter = limiter if limiter is not None else LocalRateLimiter()
         self._admission = Admission(limiter, lambda: audit.healthy, state_problem)
+        self._loop: asyncio.AbstractEventLoop | None = None  # found on the first request (see Crossing.task)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,13 +79,17 @@ class ProxyApp:
         snap = self._live()
         head = read_head(scope)
         crossing = open_crossing(head)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        crossing.loop, crossing.task = loop, asyncio.current_task(loop)
         snap.enter()
         try:
             await self._cross(snap, head, crossing, receive, send)
         except Refusal as refusal:
             await self._refuse(snap, crossing, refusal, send)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
+            task = crossing.task
             if task is None or task not in self._ended:
                 raise
             # Ended by a block: refused if nothing was answered yet, else the stream is cut (the server closes it).
@@ -93,7 +98,8 @@ class ProxyApp:
             blocked = Refusal(403, "access_denied", "the caller was blocked while this request ran", reason="blocked")
             await self._refuse(snap, crossing, blocked, send)
         finally:
-            self._open.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if crossing.task is not None:
+                self._open.pop(crossing.task, None)
             snap.exit()
             self._finish(crossing)
             IN_FLIGHT.dec()
@@ -118,9 +124,8 @@ class ProxyApp:
         principal = await identify(head, snap.verifier, max_token_bytes=snap.config.proxy.max_token_bytes)
         if principal is not None:
             record_principal(event, principal)
-            task = asyncio.current_task()
-            if task is not None:
-                self._open[task] = principal
+            if crossing.task is not None:
+                self._open[crossing.task] = principal
         decision = authorize(snap.routes, head.method, path, principal)
         if decision.route is not None:
             event.route = decision.route.name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from gateway.audit.events import AuditEvent
 from gateway.principal import Principal
@@ -13,7 +15,7 @@ from gateway.tracing import TraceContext, continue_or_start, request_id_from
 class Crossing:
     """What one request accumulates on its way through, for the response and the audit event."""
 
-    __slots__ = ("event", "trace", "request_id", "started", "status")
+    __slots__ = ("event", "trace", "request_id", "started", "status", "task", "loop")
 
     def __init__(self, event: AuditEvent, trace: TraceContext, request_id: str, started: float) -> None:
         self.event = event
@@ -21,6 +23,10 @@ class Crossing:
         self.request_id = request_id
         self.started = started
         self.status = 0  # the status sent to the agent; 0 until the response has started
+        # The task serving the request and its loop, found once: asyncio.current_task() and get_running_loop()
+        # each cost a getpid() system call on CPython 3.11, which the hot path pays per call.
+        self.task: asyncio.Task[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
 
 def open_crossing(head: RequestHead) -> Crossing:

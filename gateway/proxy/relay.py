@@ -66,9 +66,9 @@ async def relay(
         body = _request_body(receive, limit, body_state)
     upstream_started = time.perf_counter()
     # A client that goes away cancels the upstream call: a watcher cancels this task on http.disconnect.
-    this_task = asyncio.current_task()
+    this_task = crossing.task or asyncio.current_task()
+    loop = crossing.loop or asyncio.get_running_loop()
     assert this_task is not None
-    loop = asyncio.get_running_loop()
     watcher: list[asyncio.Task[None]] = []
     timer = loop.call_later(
         _WATCH_AFTER, lambda: watcher.append(loop.create_task(_watch_disconnect(receive, body_state, this_task)))
