@@ -6,7 +6,6 @@ Section names below are those of https://www.w3.org/TR/trace-context-1/ ("tracep
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 
@@ -121,8 +120,11 @@ _REQUEST_ID_MAX = 128
 
 
 def _new_request_id() -> str:
-    # A version-4 UUID (RFC 9562 §5.4) built straight from os.urandom, as uuid.uuid4().hex, at a third of the cost.
-    raw = bytearray(os.urandom(16))
+    # A version-4 UUID (RFC 9562 §5.4), as uuid.uuid4().hex. Like the trace ids, a request id must be unique, not
+    # secret (it authorizes nothing), so it comes from the Mersenne Twister: os.urandom releases the GIL for its
+    # system call, and with the audit writer's thread waiting for the GIL that release cost ~18 µs a request
+    # under load, not the call's 0.3 µs.
+    raw = bytearray(random.getrandbits(128).to_bytes(16, "big"))
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     return raw.hex()
