@@ -19,12 +19,11 @@ The stock protocol leaves gaps that matter for a gateway:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -130,43 +129,6 @@ class RequestRefused(Exception):
 OnRefuse = Callable[[tuple[str, int] | None, bytes, int, str], None]
 
 
-class CoalescingTransport:
-    """The connection's transport, with the writes made in one turn of the event loop sent as one system call: an
-    answer's head and its body (uvicorn writes them apart) become one write. Everything else is the transport's."""
-
-    __slots__ = ("_transport", "_loop", "_pending")
-
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def close(self) -> None:
-        self._flush()  # what was written goes out before the close, in order
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending = []
-        self._transport.abort()
-
-    def get_write_buffer_size(self) -> int:
-        buffered: int = self._transport.get_write_buffer_size()
-        return buffered + sum(len(data) for data in self._pending)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 def guarded_protocol(
     max_header_bytes: int, max_headers: int, on_refuse: OnRefuse | None = None
 ) -> type[HttpToolsProtocol]:
@@ -186,9 +148,6 @@ def guarded_protocol(
         _refused = False
         _deferred: bytes | None = None  # a refusal waiting for the answers to the requests before it
         _stopping = False
-
-        def connection_made(self, transport: Any) -> None:  # uvloop's transports are no asyncio.Transport
-            super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
         def data_received(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
