@@ -16,10 +16,9 @@ from typing import Any
 
 import orjson
 
-from gateway.audit.events import AuditEvent
 from gateway.audit.sinks import AuditSink
 from gateway.mcp.message import McpMessage
-from gateway.mcp.rules import DENIED, Rule
+from gateway.mcp.rules import DENIED
 from gateway.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS, child
 from gateway.principal import Principal
 from gateway.proxy.admit import Admission
@@ -139,10 +138,16 @@ class ProxyApp:
             read, lists, message, rule = await inspect_mcp(
                 head, route, principal, receive, event, max_body_bytes=snap.config.proxy.max_body_bytes
             )
-        if route.approval is not None or (rule is not None and rule.approval is not None):
+        # An MCP tool rule's own `approval` first, then the route's.
+        holding = rule if rule is not None and rule.approval is not None else None
+        policy = holding.approval if holding is not None else route.approval
+        if policy is not None:
             if route.mcp is None and head.has_body:
                 read = await read_body(head, receive, snap.config.proxy.max_body_bytes)
-            await self._hold(snap, head, path, route, principal, read, message, rule, event)
+            call = _held_call(snap, head, path, route, principal, read, message, holding.label if holding else "")
+            rpc = (DENIED, message.id) if message is not None else None
+            approval = await self._holds.hold(call, policy, snap.config.approvals, rpc)
+            event.approval, event.by = approval.id, approval.decided_by
         upstream = snap.upstreams[route.upstream]
         headers = upstream_request_headers(
             head.headers,
@@ -176,41 +181,6 @@ class ProxyApp:
             read=read,
             lists=lists,
         )
-
-    async def _hold(
-        self,
-        snap: Snapshot,
-        head: RequestHead,
-        path: str,
-        route: Route,
-        principal: Principal | None,
-        read: bytes | None,
-        message: McpMessage | None,
-        rule: Rule | None,
-        event: AuditEvent,
-    ) -> None:
-        """Hold the call for a person's approval of exactly it (hold.py); Refusal unless approved."""
-        held_by_rule = rule is not None and rule.approval is not None
-        policy = rule.approval if rule is not None and rule.approval is not None else route.approval
-        assert policy is not None and principal is not None  # `approval` needs a token (RouteConfig refuses public)
-        if message is not None:
-            digest = mcp_call_digest(message.name or "", message.arguments)
-        else:
-            digest = body_digest(read or b"")
-        call = Call(
-            principal.agent,
-            principal.subject,
-            principal.delegation,
-            head.method,
-            path,
-            digest,
-            route.name,
-            rule.label if rule is not None and held_by_rule else "",
-            snap.policy_version,
-        )
-        rpc = (DENIED, message.id) if message is not None else None
-        approval = await self._holds.hold(call, policy, snap.config.approvals, rpc)
-        event.approval, event.by = approval.id, approval.decided_by
 
     async def _metadata(self, snap: Snapshot, path: str, send: Send, crossing: Crossing) -> None:
         """RFC 9728 protected resource metadata, root and path-inserted forms (§3.1)."""
@@ -292,3 +262,35 @@ class ProxyApp:
         child(REQUEST_SECONDS, route).observe(elapsed)
         if not self._audit.emit(event):
             log.error("audit event for request %s could not be queued", crossing.request_id)
+
+
+def _held_call(
+    snap: Snapshot,
+    head: RequestHead,
+    path: str,
+    route: Route,
+    principal: Principal | None,
+    read: bytes | None,
+    message: McpMessage | None,
+    rule: str,
+) -> Call:
+    """Exactly the call an approval is for (gateway.state.approvals.Call): what the upstream would act on."""
+    assert principal is not None  # `approval` needs a caller: RouteConfig refuses it on public routes
+    if message is not None:
+        digest = mcp_call_digest(message.name or "", message.arguments)
+    else:
+        content_type = b",".join(value for name, value in head.headers if name == b"content-type")
+        digest = body_digest(content_type, read or b"")
+    # The query is part of the call: approving ?amount=10 must not let ?amount=10000 through.
+    target = path + ("?" + head.query.decode("latin-1") if head.query else "")
+    return Call(
+        principal.agent,
+        principal.subject,
+        principal.delegation,
+        head.method,
+        target,
+        digest,
+        route.name,
+        rule,
+        snap.policy_version,
+    )

@@ -31,8 +31,10 @@ POLL_SECONDS = 0.1  # how often a held call looks for its decision in the shared
 RETRY_AFTER = 5
 
 
-def body_digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+def body_digest(content_type: bytes | None, body: bytes) -> str:
+    """A request body's identity for an approval, with its Content-Type: the same bytes read as a form or as JSON
+    are two calls."""
+    return hashlib.sha256(json.dumps([(content_type or b"").decode("latin-1"), body.hex()]).encode()).hexdigest()
 
 
 def mcp_call_digest(name: str, arguments: object) -> str:

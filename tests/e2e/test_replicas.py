@@ -40,6 +40,8 @@ from support import (
 )
 from token_support import SecretAgent, TestIdP, assert_oauth_error, exchanged, proxy_get, refused_at_proxy, user_token
 
+from gateway.proxy.hold import body_digest
+
 ASSISTANT = SecretAgent("assistant", "assistant-s3cret")
 LIMITED = {
     "name": "limited",
@@ -330,14 +332,17 @@ def test_a_block_stops_an_agent_on_every_replica_within_a_second(
     )
 
 
-def refund(gw: Gateway, token: str, body: dict[str, Any]) -> httpx2.Response:
-    headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
-    return httpx2.post(f"{gw.proxy_url}/v1/refunds", content=json.dumps(body).encode(), headers=headers, timeout=30)
+def refund(
+    gw: Gateway, token: str, body: dict[str, Any], query: str = "", content_type: str = "application/json"
+) -> httpx2.Response:
+    headers = {"Authorization": f"Bearer {token}", "content-type": content_type}
+    url = f"{gw.proxy_url}/v1/refunds{query}"
+    return httpx2.post(url, content=json.dumps(body).encode(), headers=headers, timeout=30)
 
 
 def pending_for(gw: Gateway, amount: int) -> dict[str, Any]:
     """The pending approval for a refund of `amount`, as the admin API lists it."""
-    digest = hashlib.sha256(json.dumps({"amount": amount}).encode()).hexdigest()
+    digest = body_digest(b"application/json", json.dumps({"amount": amount}).encode())
 
     def find() -> dict[str, Any] | None:
         listed = admin(gw, "GET", "/approvals").json()["approvals"]
@@ -424,3 +429,19 @@ def test_a_block_ends_a_held_call_and_denies_its_approval(
     finally:
         assert admin(first, "DELETE", f"/blocks/agent/{ASSISTANT.client_id}").status_code == 200
     wait_until(lambda: proxy_get(second, "/v1/customers/1", token).status_code == 200, AGREEMENT, "the unblock")
+
+
+def test_an_approval_does_not_cover_another_query_or_content_type(replicas: tuple[Gateway, Gateway]) -> None:
+    """The query and the Content-Type are part of the call: approving ?to=alice is not approving ?to=mallory, and
+    the same bytes sent as a form are another call."""
+    first, second = replicas
+    token = ASSISTANT.access_token(first)
+    waited = refund(first, token, {"amount": 500}, query="?to=alice")
+    approval_id = waited.headers["x-tollbooth-approval"]
+    assert admin(first, "POST", f"/approvals/{approval_id}/approve").status_code == 200
+    for other in (
+        refund(second, token, {"amount": 500}, query="?to=mallory"),
+        refund(second, token, {"amount": 500}, query="?to=alice", content_type="application/x-www-form-urlencoded"),
+    ):
+        assert other.status_code == 403 and other.headers["x-tollbooth-approval"] != approval_id
+    assert refund(second, token, {"amount": 500}, query="?to=alice").status_code == 200
