@@ -26,6 +26,7 @@ from gateway.state.ephemeral import Ephemeral
 
 PENDING, APPROVED, DENIED = "pending", "approved", "denied"
 _INDEX_TTL = 7 * 86400.0
+MAX_LISTED = 10_000  # the newest approvals the index keeps for listing (every held call of every agent adds one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class Approvals:
         approval = Approval(secrets.token_urlsafe(12), call, PENDING, now, now + policy.valid_for)
         await self._put(approval)
         await self._store.put(f"approval-for:{call.binding}", approval.id, policy.valid_for)
-        await self._store.append("approvals", approval.id, _INDEX_TTL)
+        await self._store.append("approvals", approval.id, _INDEX_TTL, keep=MAX_LISTED)
         return approval
 
     async def get(self, approval_id: str) -> Approval | None:

@@ -38,8 +38,9 @@ class Ephemeral(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def append(self, key: str, value: str, ttl: float) -> None:
-        """Add to the list at `key`, which lives at least `ttl` from now."""
+    async def append(self, key: str, value: str, ttl: float, keep: int = 0) -> None:
+        """Add to the list at `key`, which lives at least `ttl` from now; with `keep`, only its last `keep` items
+        stay (a list anyone can grow must not grow without bound)."""
         ...
 
     async def items(self, key: str) -> list[str]: ...
@@ -95,9 +96,11 @@ class MemoryEphemeral:
     async def delete(self, key: str) -> None:
         self._bucket(key).pop(key, None)
 
-    async def append(self, key: str, value: str, ttl: float) -> None:
+    async def append(self, key: str, value: str, ttl: float, keep: int = 0) -> None:
         current = self._live(key)
         items = [*current, value] if isinstance(current, list) else [value]
+        if keep:
+            items = items[-keep:]
         bucket = self._bucket(key)
         expires_at = max(self._clock() + ttl, bucket[key][1] if key in bucket else 0.0)
         self._store(key, items, expires_at)
@@ -149,9 +152,9 @@ class RedisEphemeral:
         except REDIS_FAILURES as exc:
             raise _unavailable(exc) from exc
 
-    async def append(self, key: str, value: str, ttl: float) -> None:
+    async def append(self, key: str, value: str, ttl: float, keep: int = 0) -> None:
         try:
-            await self._append(keys=[self._prefix + key], args=[value, _ms(ttl)])
+            await self._append(keys=[self._prefix + key], args=[value, _ms(ttl), keep])
         except REDIS_FAILURES as exc:
             raise _unavailable(exc) from exc
 
@@ -166,6 +169,7 @@ class RedisEphemeral:
 # One step, one key (so Cluster takes it too): a later, shorter TTL never cuts an earlier, longer one.
 _APPEND = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
+if tonumber(ARGV[3]) > 0 then redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1) end
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 """
 

@@ -103,6 +103,12 @@ async def test_a_take_that_marks_leaves_no_moment_with_neither(store: Ephemeral)
     assert await store.get("spent:y") is None  # nothing taken, nothing marked
 
 
+async def test_a_bounded_list_keeps_its_newest_items(store: Ephemeral):
+    for n in range(5):
+        await store.append("approvals", f"a{n}", 60, keep=3)
+    assert await store.items("approvals") == ["a2", "a3", "a4"]
+
+
 async def test_a_flood_of_one_kind_never_evicts_another(clock: Clock):
     store = MemoryEphemeral(clock=clock, limit=3)
     await store.put("client:dcr_1", "registered", 3600)
