@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from gateway.audit.events import request_event
 from gateway.audit.sinks import AuditSink
+from gateway.bodies import read_limited
 from gateway.config import Config
 from gateway.state import SharedState, StateUnavailable
 from gateway.state.approvals import Approvals
@@ -181,11 +182,9 @@ def _identifier(value: object) -> bool:
 
 
 async def _json_body(request: Request) -> object:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return None
+    body = await read_limited(request, MAX_BODY)
+    if body is None:
+        return None
     try:
         return json.loads(body)
     except ValueError:

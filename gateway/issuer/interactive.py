@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from gateway.audit.events import AuditEvent, request_event
+from gateway.bodies import read_limited
 from gateway.config import Config, InteractiveConfig, RateLimit
 from gateway.issuer.authorization import (
     AuthorizationRequest,
@@ -466,11 +467,9 @@ class Interactive:
                 status_code=429,
                 headers={"retry-after": str(wait)},
             )
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_PAGE_FORM:
-                return _registration_error("invalid_client_metadata", "the registration request is too large")
+        body = await read_limited(request, MAX_PAGE_FORM)
+        if body is None:
+            return _registration_error("invalid_client_metadata", "the registration request is too large")
         if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
             return _registration_error("invalid_client_metadata", "send the registration as application/json")
         try:
@@ -681,11 +680,9 @@ def _bounded(value: str | None) -> str:
 
 async def _page_form(request: Request) -> Form | None:
     """A page's form, or None when it is not one (wrong type, too large, malformed)."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_PAGE_FORM:
-            return None
+    body = await read_limited(request, MAX_PAGE_FORM)
+    if body is None:
+        return None
     try:
         return parse_form(request.headers.get("content-type"), body)
     except OAuthError:

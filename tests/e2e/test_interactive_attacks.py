@@ -210,3 +210,9 @@ def test_a_flood_of_authorization_requests_or_registrations_is_cut_off(tight: Ga
     assert [a.status_code for a in answers] == [201, 201, 429]
     assert answers[2].json()["error"] == "temporarily_unavailable" and "retry-after" in answers[2].headers
     tight.wait_audit(lambda e: e["event"] == "client.registration_denied" and e.get("reason") == "rate_limited")
+
+
+def test_an_oversized_sign_in_form_is_refused_unread(tight: Gateway):
+    huge = "x" * (9 * 1024)  # past the pages' 8 KiB
+    login = httpx2.post(f"{tight.issuer_url}/login", data={"csrf": "c", "request": "r", "username": huge})
+    assert login.status_code == 400 and "could not be read" in login.text and "set-cookie" not in login.headers
