@@ -46,7 +46,7 @@ class Holds:
     def __init__(self, approvals: Approvals, emit: Callable[[AuditEvent], bool]) -> None:
         self.approvals = approvals
         self._emit = emit
-        self._notices: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # notices and block denials, held until done
         self._http: httpx2.AsyncClient | None = None
 
     async def hold(
@@ -94,8 +94,8 @@ class Holds:
         """A block came into force: its party's pending approvals are denied (every replica does it; the first
         decision wins, the others find nothing pending)."""
         task = asyncio.get_running_loop().create_task(self._deny_blocked(kind, party))
-        self._notices.add(task)
-        task.add_done_callback(self._notices.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _deny_blocked(self, kind: str, party: str) -> None:
         try:
@@ -129,8 +129,8 @@ class Holds:
         if not settings.notify_url or not settings.notify_secret:
             return
         task = asyncio.get_running_loop().create_task(self._post(settings.notify_url, settings.notify_secret, approval))
-        self._notices.add(task)
-        task.add_done_callback(self._notices.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _post(self, url: str, secret: str, approval: Approval) -> None:
         body = json.dumps({"type": "approval.requested", **approval.to_json()}).encode()
